@@ -1,0 +1,1 @@
+"""The joint audio-video model and inference."""

@@ -1,0 +1,1 @@
+"""Training: data, temporal negatives, losses, the training loop, sync metrics."""
