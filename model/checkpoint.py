@@ -1,0 +1,118 @@
+"""Loading and saving joint models: Ovi's checkpoints as they are published, and our own files.
+
+Our files carry their ``JointConfig`` as JSON in the safetensors metadata (key ``syncav_config``). Ovi's files
+carry no config, so it is read off the tensor shapes; the one thing shapes cannot tell, the number of heads,
+comes from the known Ovi geometry (head width 128) or from the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from .config import OVI_ROPE_SCALE, JointConfig, TowerConfig, get_preset
+from .joint import JointModel
+from .safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+
+CONFIG_METADATA_KEY = "syncav_config"
+_REQUIRED = ("video_model.patch_embedding.weight", "audio_model.patch_embedding.0.weight",
+             "video_model.head.head.weight", "audio_model.head.head.weight")
+_FP8 = {"F8_E4M3", "F8_E5M2"}
+
+
+def _count_blocks(keys, prefix: str) -> int:
+    pattern = re.compile(rf"^{prefix}\.blocks\.(\d+)\.")
+    indices = {int(m.group(1)) for k in keys if (m := pattern.match(k))}
+    return max(indices) + 1 if indices else 0
+
+
+def infer_config(shapes: dict[str, list[int]], num_heads: int | None = None, path: str = "checkpoint"
+                 ) -> JointConfig:
+    """Read a JointConfig off the tensor shapes of an Ovi-layout state dict."""
+    absent = [k for k in _REQUIRED if k not in shapes]
+    if absent:
+        sample = ", ".join(sorted(shapes)[:5])
+        raise CheckpointError(f"{path}: not a joint audio-video (Ovi-layout) checkpoint: missing {', '.join(absent)}; "
+                              f"its first keys are: {sample}")
+    dim, video_in, *patch = shapes["video_model.patch_embedding.weight"]
+    _, audio_in, audio_kernel = shapes["audio_model.patch_embedding.0.weight"]
+    ffn_dim = shapes["video_model.blocks.0.ffn.0.weight"][0]
+    text_dim = shapes["video_model.text_embedding.0.weight"][1]
+    freq_dim = shapes["video_model.time_embedding.0.weight"][1]
+    video_out = shapes["video_model.head.head.weight"][0] // (patch[0] * patch[1] * patch[2])
+    audio_out = shapes["audio_model.head.head.weight"][0]
+    layers = _count_blocks(shapes, "video_model")
+    if num_heads is None:
+        if dim % 128:
+            raise CheckpointError(f"{path}: cannot tell the number of attention heads of a {dim}-wide model from "
+                                  "its weights; pass num_heads")
+        num_heads = dim // 128  # Wan/Ovi use 128-wide heads at every size
+    is_ovi_geometry = (dim, video_in, audio_in, text_dim) == (3072, 48, 20, 4096)
+    common = dict(dim=dim, ffn_dim=ffn_dim, num_heads=num_heads, num_layers=layers, freq_dim=freq_dim,
+                  text_dim=text_dim, text_len=512, qk_norm="video_model.blocks.0.self_attn.norm_q.weight" in shapes,
+                  cross_attn_norm="video_model.blocks.0.norm3.weight" in shapes)
+    return JointConfig(
+        name="ovi" if is_ovi_geometry else "ovi-layout",
+        video=TowerConfig(modality="video", in_channels=video_in, out_channels=video_out, patch_size=tuple(patch),
+                          **common),
+        audio=TowerConfig(modality="audio", in_channels=audio_in, out_channels=audio_out, patch_size=(1,),
+                          rope_scale=OVI_ROPE_SCALE, audio_embed_kernel=audio_kernel, **common),
+    )
+
+
+def _key_mismatch_error(path, expected: dict, found: dict) -> CheckpointError:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
+             if k in found and list(found[k]) != list(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:5])}")
+    if wrong:
+        parts.append(f"{len(wrong)} keys with other shapes, e.g. {'; '.join(wrong[:3])}")
+    return CheckpointError(f"{path}: checkpoint of another architecture: " + "; ".join(parts))
+
+
+def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                     *, config: JointConfig | None = None, preset: str | None = None, num_heads: int | None = None,
+                     operations=None) -> JointModel:
+    """Load a joint model from a safetensors file (Ovi's fusion checkpoint or one of ours).
+
+    dtype: the dtype of the weights in memory (None: as stored; fp8 storage is upcast to bf16).
+    config / preset: override what the file says or what its shapes imply.
+    """
+    path = os.fspath(path)
+    header, metadata = read_header(path)
+    shapes = {k: v["shape"] for k, v in header.items()}
+    if config is None and preset is not None:
+        config = get_preset(preset)
+    if config is None and CONFIG_METADATA_KEY in metadata:
+        config = JointConfig.from_json(metadata[CONFIG_METADATA_KEY])
+    if config is None:
+        config = infer_config(shapes, num_heads, path)
+
+    with torch.device("meta"):
+        model = JointModel(config, operations)
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    if expected != shapes:
+        raise _key_mismatch_error(path, expected, shapes)
+
+    if dtype is None:
+        stored = {v["dtype"] for v in header.values()}
+        dtype = torch.bfloat16 if stored & _FP8 else (torch.bfloat16 if stored == {"BF16"} else
+                                                      torch.float16 if stored == {"F16"} else torch.float32)
+    state = load_tensors(path, device="cpu")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def save_joint_model(model: JointModel, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None
+                     ) -> None:
+    """Write the model's weights and config to one safetensors file, atomically."""
+    metadata = {CONFIG_METADATA_KEY: model.config.to_json(), **(extra_metadata or {})}
+    save_tensors_atomic(model.state_dict(), path, metadata)

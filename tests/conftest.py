@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Reference fixtures made with the public reference implementations live beside the repository; set
+# SYNCAV_REFERENCE_DIR to use another copy.
+REFERENCE_DIR = Path(os.environ.get("SYNCAV_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not (REFERENCE_DIR / "ovi_tiny_case.json").is_file():
+        if os.environ.get("SYNCAV_REQUIRE_REFERENCE"):  # CI: a missing fixture is a failure, not a skip
+            pytest.fail(f"reference fixtures not found in {REFERENCE_DIR}")
+        pytest.skip(f"reference fixtures not found in {REFERENCE_DIR} (set SYNCAV_REFERENCE_DIR)")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
