@@ -1,0 +1,138 @@
+"""An audio-video pipeline: the joint model with the codecs and text encoder it was trained with.
+
+Also the embedded default: the ``tiny`` preset with the package's own codecs and text encoder, which needs no
+download and runs on a laptop CPU. Its trained weights ship in ``weights/``; without them (a development checkout
+before training) the network is drawn from a fixed seed, so everything still runs, producing noise-like clips.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_joint_model
+from .codec import AudioCodec, VideoCodec
+from .codec_tiny import TinyAudioCodec, TinyVideoCodec
+from .config import audio_rope_scale, get_preset
+from .joint import JointModel
+from .text import EncodedText, TextEncoder
+from .text_tiny import TinyTextEncoder
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL_FILE = PACKAGE_DIR / "weights" / "embedded_default.safetensors"
+EMBEDDED_TEXT_FILE = PACKAGE_DIR / "weights" / "embedded_text_encoder.safetensors"
+EMBEDDED_DEFAULT_SECONDS = 2.0
+EMBEDDED_DEFAULT_SIZE_PX = 32
+
+
+@dataclass
+class AVPipeline:
+    model: JointModel
+    video_codec: VideoCodec
+    audio_codec: AudioCodec
+    text_encoder: TextEncoder
+    name: str = "custom"
+    _anchor_cache: dict = field(default_factory=dict, repr=False)
+
+    # ---- sizes --------------------------------------------------------------------------------------------
+    def latent_shapes(self, seconds: float, height_px: int, width_px: int, batch: int = 1
+                      ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Latent shapes of a clip: (video [B, Cv, Fv, Hv, Wv], audio [B, La, Ca]).
+
+        Frames are rounded to what the video codec takes; the audio covers the same seconds as the frames.
+        """
+        vc, ac = self.video_codec, self.audio_codec
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        s = vc.spatial_stride * self._patch_px_multiple()
+        if height_px % s or width_px % s or height_px <= 0 or width_px <= 0:
+            raise ValueError(f"height and width must be positive multiples of {s} px for this model, got "
+                             f"{height_px}x{width_px}")
+        wanted_frames = max(1, round(seconds * vc.fps))
+        latent_frames = max(1, round((wanted_frames - (1 if vc.causal_first_frame else 0)) / vc.temporal_stride)
+                            + (1 if vc.causal_first_frame else 0))
+        pt = self.model.config.video.patch_size[0]
+        latent_frames = pt * max(1, math.ceil(latent_frames / pt))
+        frames = vc.num_frames(latent_frames)
+        audio_len = ac.latent_length(round(frames / vc.fps * ac.sample_rate))
+        video_shape = (batch, vc.latent_channels, latent_frames, height_px // vc.spatial_stride,
+                       width_px // vc.spatial_stride)
+        return video_shape, (batch, audio_len, ac.latent_channels)
+
+    def _patch_px_multiple(self) -> int:
+        _, ph, pw = self.model.config.video.patch_size
+        return math.lcm(ph, pw)
+
+    # ---- conditioning -------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> EncodedText:
+        return self.text_encoder.encode(prompts)
+
+    def anchors(self, video_shape, audio_shape, device=None, dtype=torch.float32
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(static_video [1, Cv, Fv, Hv, Wv], silence [1, La, Ca]): SyncCFG's anchors, computed once per shape."""
+        key = (tuple(video_shape[1:]), tuple(audio_shape[1:]), str(device), dtype)
+        if key not in self._anchor_cache:
+            vc = self.video_codec
+            _, _, fv, hv, wv = video_shape
+            with torch.no_grad():
+                static = vc.static_latent(fv, hv * vc.spatial_stride, wv * vc.spatial_stride)
+                silence = self.audio_codec.silence_latent(audio_shape[1])
+            self._anchor_cache[key] = (static.to(device, dtype), silence.to(device, dtype))
+        return self._anchor_cache[key]
+
+    # ---- pixels and samples -------------------------------------------------------------------------------
+    def decode(self, video_latent: torch.Tensor, audio_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (frames [B, F, H, W, 3] in 0..1, waveform [B, C, T] in -1..1), float32 on the CPU."""
+        with torch.no_grad():
+            frames = self.video_codec.decode(video_latent.float().cpu()).clamp(0, 1)
+            waveform = self.audio_codec.decode(audio_latent.float().cpu()).clamp(-1, 1)
+        return frames, waveform
+
+
+def build_embedded_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                           operations=None, seed: int = 0) -> AVPipeline:
+    """The embedded default pipeline: tiny joint model + the package's codecs and text encoder.
+
+    ``operations``: a layer namespace (ComfyUI's comfy.ops inside ComfyUI). Layers of such namespaces may skip
+    weight initialisation, so a seeded network is built with torch.nn and its weights loaded into them.
+    """
+    video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
+    preset = get_preset("tiny")
+    frames = round(EMBEDDED_DEFAULT_SECONDS * video_codec.fps)
+    rope = audio_rope_scale(video_codec.fps, frames, video_codec.temporal_stride, audio_codec.latents_per_second)
+    config = preset.replace(audio=_replace(preset.audio, rope_scale=rope,
+                                           in_channels=audio_codec.latent_channels,
+                                           out_channels=audio_codec.latent_channels),
+                            video=_replace(preset.video, in_channels=video_codec.latent_channels,
+                                           out_channels=video_codec.latent_channels))
+    if EMBEDDED_MODEL_FILE.is_file():
+        model = load_joint_model(EMBEDDED_MODEL_FILE, device=device, dtype=dtype, operations=operations)
+    else:
+        log.warning("embedded default weights not found (%s): using an untrained, seeded network",
+                    EMBEDDED_MODEL_FILE.name)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        seeded = JointModel(config)
+        torch.random.set_rng_state(generator_state)
+        if operations is None:
+            model = seeded
+        else:
+            with torch.device("meta"):
+                model = JointModel(config, operations)
+            model.load_state_dict(seeded.state_dict(), assign=True)
+        model = model.to(device=device, dtype=dtype).eval()
+    text = (TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE, device=device) if EMBEDDED_TEXT_FILE.is_file()
+            else TinyTextEncoder(device=device))
+    return AVPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec, text_encoder=text,
+                      name="embedded-default")
+
+
+def _replace(cfg, **changes):
+    import dataclasses
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,25 @@
+"""The CLI writes a playable mp4 with its soundtrack, and refuses bad input with one clear line."""
+
+from comfyui_syncav.cli import main
+from comfyui_syncav.model.media_io import probe_mp4
+
+
+def test_generate_writes_h264_with_aac_of_the_asked_length(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    rc = main(["generate", "--prompt", "a red ball bouncing, high clicks", "--seconds", "1.5", "--steps", "2",
+               "--out", str(out)])
+    assert rc == 0
+    info = probe_mp4(out)
+    assert info["video"]["codec"] == "h264" and info["video"]["frames"] == 24  # 1.5 s at 16 fps
+    assert (info["video"]["width"], info["video"]["height"]) == (32, 32)
+    assert info["audio"]["codec"] == "aac" and info["audio"]["sample_rate"] == 8000
+    assert abs(info["audio"]["seconds"] - 1.5) < 0.15  # aac pads to whole 1024-sample frames
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["generate", "--prompt", "  ", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "video_prompt is empty" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "ball", "--width", "30", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "multiples of 8" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
