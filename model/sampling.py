@@ -24,6 +24,10 @@ from .text import EncodedText
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
+def _describe(x) -> str:
+    return str(list(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
 def _check_text_pair(name: str, pair, batch: int) -> None:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(t, EncodedText) for t in pair):
         raise ValueError(f"sample_av: {name} must be a pair (EncodedText for video, EncodedText for audio), "
@@ -43,8 +47,9 @@ def _check_anchor(name: str, anchor, noise: torch.Tensor, what: str) -> None:
         raise ValueError(f"sample_av: anchors {name} must be a tensor ({what}), got {type(anchor).__name__}")
     if anchor.dim() != noise.dim() or anchor.shape[0] not in (1, noise.shape[0]) \
             or tuple(anchor.shape[1:]) != tuple(noise.shape[1:]):
-        raise ValueError(f"sample_av: anchors {name} ({what}) must be [1 or B, {', '.join(map(str, noise.shape[1:]))}] "
-                         f"like the noise, got {list(anchor.shape)}")
+        dims = ", ".join(map(str, noise.shape[1:]))
+        raise ValueError(f"sample_av: anchors {name} ({what}) must be [1 or B, {dims}] like the noise, "
+                         f"got {list(anchor.shape)}")
 
 
 def _check_inputs(model, noise_video, noise_audio, positive, negative, anchors, guidance, steps, solver, shift,
@@ -52,11 +57,9 @@ def _check_inputs(model, noise_video, noise_audio, positive, negative, anchors, 
     if not callable(model):
         raise ValueError(f"sample_av: model must be callable (a JointModel), got {type(model).__name__}")
     if not isinstance(noise_video, torch.Tensor) or noise_video.dim() != 5:
-        raise ValueError("sample_av: noise_video must be a tensor [B, Cv, F, H, W], got "
-                         f"{list(noise_video.shape) if isinstance(noise_video, torch.Tensor) else type(noise_video).__name__}")
+        raise ValueError(f"sample_av: noise_video must be a tensor [B, Cv, F, H, W], got {_describe(noise_video)}")
     if not isinstance(noise_audio, torch.Tensor) or noise_audio.dim() != 3:
-        raise ValueError("sample_av: noise_audio must be a tensor [B, La, Ca], got "
-                         f"{list(noise_audio.shape) if isinstance(noise_audio, torch.Tensor) else type(noise_audio).__name__}")
+        raise ValueError(f"sample_av: noise_audio must be a tensor [B, La, Ca], got {_describe(noise_audio)}")
     batch = noise_video.shape[0]
     if noise_audio.shape[0] != batch or batch < 1:
         raise ValueError(f"sample_av: noise_video and noise_audio must share a batch size >= 1, got {batch} and "

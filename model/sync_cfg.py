@@ -141,24 +141,25 @@ def combine_velocities(outputs: Mapping[Pass, tuple[torch.Tensor, torch.Tensor]]
 
     outputs: pass -> (velocity_video [B, Cv, F, H, W], velocity_audio [B, La, Ca]); must hold every pass
         ``plan_passes(scales)`` lists (extra passes are ignored).
-    Returns (v_video, v_audio) per the SyncCFG formula, in float32. A term whose scale is 1 is left out
-    entirely, so a pass that was not run is never read.
+    Returns (v_video, v_audio) per the SyncCFG formula, in float32 (float64 if the model computes in float64).
+    A term whose scale is 1 is left out entirely, so a pass that was not run is never read.
     """
     missing = [p.value for p in plan_passes(scales) if p not in outputs]
     if missing:
         raise ValueError(f"combine_velocities: the scales {tuple(scales)} need the passes {missing}, "
                          f"which are missing from the outputs ({[Pass(p).value for p in outputs]})")
-    # Guidance amplifies small differences between passes: combine in float32 even for a bf16 model.
-    joint_video, joint_audio = (t.float() for t in outputs[Pass.JOINT])
+    # Guidance amplifies small differences between passes: combine in float32 at least, even for a bf16 model.
+    dtype = torch.promote_types(outputs[Pass.JOINT][0].dtype, torch.float32)
+    joint_video, joint_audio = (t.to(dtype) for t in outputs[Pass.JOINT])
     video, audio = joint_video, joint_audio
     if scales.text_video != 1:
-        video = video + (scales.text_video - 1) * (joint_video - outputs[Pass.NEGATIVE][0].float())
+        video = video + (scales.text_video - 1) * (joint_video - outputs[Pass.NEGATIVE][0].to(dtype))
     if scales.text_audio != 1:
-        audio = audio + (scales.text_audio - 1) * (joint_audio - outputs[Pass.NEGATIVE][1].float())
+        audio = audio + (scales.text_audio - 1) * (joint_audio - outputs[Pass.NEGATIVE][1].to(dtype))
     if scales.sync_video != 1:
-        video = video + (scales.sync_video - 1) * (joint_video - outputs[Pass.MUTED_AUDIO][0].float())
+        video = video + (scales.sync_video - 1) * (joint_video - outputs[Pass.MUTED_AUDIO][0].to(dtype))
     if scales.sync_audio != 1:
-        audio = audio + (scales.sync_audio - 1) * (joint_audio - outputs[Pass.STATIC_VIDEO][1].float())
+        audio = audio + (scales.sync_audio - 1) * (joint_audio - outputs[Pass.STATIC_VIDEO][1].to(dtype))
     return video, audio
 
 
@@ -283,7 +284,7 @@ def guided_velocity(model, video: torch.Tensor, audio: torch.Tensor, sigma_video
                     batched: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One SyncCFG evaluation: plan the passes the scales need, run them, combine.
 
-    Shapes as in ``evaluate_passes``; returns float32 (v_video [B, Cv, F, H, W], v_audio [B, La, Ca]).
+    Shapes as in ``evaluate_passes``; returns (v_video [B, Cv, F, H, W], v_audio [B, La, Ca]) in float32 or wider.
     """
     passes = plan_passes(scales)
     outputs = evaluate_passes(model, passes, video, audio, sigma_video, sigma_audio, cond, batched=batched)
