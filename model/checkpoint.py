@@ -45,10 +45,11 @@ def infer_config(shapes: dict[str, list[int]], num_heads: int | None = None, pat
     audio_out = shapes["audio_model.head.head.weight"][0]
     layers = _count_blocks(shapes, "video_model")
     if num_heads is None:
-        if dim % 128:
+        # Wan and Ovi use 128-wide heads at every released size (1536 and up); below that there is no convention.
+        if dim < 1536 or dim % 128:
             raise CheckpointError(f"{path}: cannot tell the number of attention heads of a {dim}-wide model from "
-                                  "its weights; pass num_heads")
-        num_heads = dim // 128  # Wan/Ovi use 128-wide heads at every size
+                                  "its weights (it carries no config metadata); pass num_heads")
+        num_heads = dim // 128
     is_ovi_geometry = (dim, video_in, audio_in, text_dim) == (3072, 48, 20, 4096)
     common = dict(dim=dim, ffn_dim=ffn_dim, num_heads=num_heads, num_layers=layers, freq_dim=freq_dim,
                   text_dim=text_dim, text_len=512, qk_norm="video_model.blocks.0.self_attn.norm_q.weight" in shapes,

@@ -11,6 +11,9 @@ from .sampling import StepCallback, sample_av
 from .sync_cfg import SyncCFGGuidance
 
 
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
 @dataclass
 class GeneratedClip:
     frames: torch.Tensor        # [B, F, H, W, 3] in 0..1
@@ -26,6 +29,8 @@ class GeneratedClip:
 def initial_noise(video_shape, audio_shape, seed: int, device=None, dtype=torch.float32
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard normal noise for both latents, drawn on the CPU so a seed gives the same clip on every device."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed: expected an integer in 0..{MAX_SEED}, received {seed!r}")
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     video = torch.randn(video_shape, generator=generator)
     audio = torch.randn(audio_shape, generator=generator)

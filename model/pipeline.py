@@ -50,7 +50,7 @@ class AVPipeline:
         vc, ac = self.video_codec, self.audio_codec
         if not seconds > 0:
             raise ValueError(f"seconds must be > 0, got {seconds}")
-        s = vc.spatial_stride * self._patch_px_multiple()
+        s = self.pixel_multiple
         if height_px % s or width_px % s or height_px <= 0 or width_px <= 0:
             raise ValueError(f"height and width must be positive multiples of {s} px for this model, got "
                              f"{height_px}x{width_px}")
@@ -65,9 +65,11 @@ class AVPipeline:
                        width_px // vc.spatial_stride)
         return video_shape, (batch, audio_len, ac.latent_channels)
 
-    def _patch_px_multiple(self) -> int:
+    @property
+    def pixel_multiple(self) -> int:
+        """Frame width and height must be positive multiples of this many pixels (codec stride x patch)."""
         _, ph, pw = self.model.config.video.patch_size
-        return math.lcm(ph, pw)
+        return self.video_codec.spatial_stride * math.lcm(ph, pw)
 
     # ---- conditioning -------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> EncodedText:
@@ -80,7 +82,8 @@ class AVPipeline:
         if key not in self._anchor_cache:
             vc = self.video_codec
             _, _, fv, hv, wv = video_shape
-            with torch.no_grad():
+            # Made outside inference mode (ComfyUI runs nodes inside it), so training code can use them too.
+            with torch.inference_mode(False), torch.no_grad():
                 static = vc.static_latent(fv, hv * vc.spatial_stride, wv * vc.spatial_stride)
                 silence = self.audio_codec.silence_latent(audio_shape[1])
             self._anchor_cache[key] = (static.to(device, dtype), silence.to(device, dtype))
@@ -127,10 +130,15 @@ def build_embedded_default(device: str | torch.device = "cpu", dtype: torch.dtyp
                 model = JointModel(config, operations)
             model.load_state_dict(seeded.state_dict(), assign=True)
         model = model.to(device=device, dtype=dtype).eval()
-    text = (TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE, device=device) if EMBEDDED_TEXT_FILE.is_file()
-            else TinyTextEncoder(device=device))
-    return AVPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec, text_encoder=text,
-                      name="embedded-default")
+    return AVPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec,
+                      text_encoder=embedded_text_encoder(device), name="embedded-default")
+
+
+def embedded_text_encoder(device: str | torch.device = "cpu") -> TinyTextEncoder:
+    """The embedded text encoder: its trained weights when they ship, else the seeded network."""
+    if EMBEDDED_TEXT_FILE.is_file():
+        return TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE, device=device)
+    return TinyTextEncoder(device=device)
 
 
 def _replace(cfg, **changes):

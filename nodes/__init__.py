@@ -1,4 +1,29 @@
-"""ComfyUI nodes: thin translators between ComfyUI's types and the model/ and train/ library."""
+"""ComfyUI nodes: thin translators between ComfyUI's types and the model/ and train/ library.
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+Only nodes/comfy_bridge.py touches ComfyUI, lazily; every import here is relative (ComfyUI loads this folder under a
+mangled module name, so ``import comfyui_syncav`` would load a second copy of the package).
+"""
+
+from .decode import SyncAVDecode
+from .latent import SyncAVEmptyLatent
+from .loader import SyncAVLoader
+from .sampler import SyncAVSampler
+from .text_encode import SyncAVTextEncode
+
+NODE_CLASS_MAPPINGS: dict = {
+    "SyncAVLoader": SyncAVLoader,
+    "SyncAVTextEncode": SyncAVTextEncode,
+    "SyncAVEmptyLatent": SyncAVEmptyLatent,
+    "SyncAVSampler": SyncAVSampler,
+    "SyncAVDecode": SyncAVDecode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict = {
+    "SyncAVLoader": "SyncAV Loader",
+    "SyncAVTextEncode": "SyncAV Text Encode",
+    "SyncAVEmptyLatent": "SyncAV Empty AV Latent",
+    "SyncAVSampler": "SyncAV SyncCFG Sampler",
+    "SyncAVDecode": "SyncAV Decode",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -177,3 +177,13 @@ def test_bad_files_get_clear_errors(tmp_path):
     deeper = JointModel(small_config(layers=3))
     with pytest.raises(CheckpointError, match="another architecture: .*missing keys, e.g. .*blocks.2"):
         load_joint_model(good, config=deeper.config)
+
+
+def test_heads_are_not_guessed_for_small_files_without_config(tmp_path):
+    from safetensors.torch import save_file
+    model = JointModel(small_config())
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, bare)  # no config metadata
+    with pytest.raises(CheckpointError, match="number of attention heads.*pass num_heads"):
+        load_joint_model(bare)
+    assert load_joint_model(bare, num_heads=2).config.video.num_heads == 2

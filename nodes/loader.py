@@ -1,0 +1,154 @@
+"""SyncAV Loader: the joint model (as a ComfyUI MODEL), its codecs and its text encoder."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..model.checkpoint import load_joint_model
+from ..model.codec_tiny import TinyAudioCodec, TinyVideoCodec
+from ..model.config import TINY_TEXT_DIM, get_preset
+from ..model.joint import JointModel
+from ..model.pipeline import AVPipeline, build_embedded_default, embedded_text_encoder
+from ..model.safetensors_io import CheckpointError, read_header
+from . import comfy_bridge
+
+EMBEDDED_DEFAULT = "embedded default"
+DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Pixel sizes the embedded default takes: a multiple of the codec's spatial stride times the model's patch size.
+EMBEDDED_PIXEL_MULTIPLE = TinyVideoCodec.spatial_stride * math.lcm(*get_preset("tiny").video.patch_size[1:])
+
+
+class SyncAVCodecs:
+    """The SYNCAV_CODECS value: the video and audio codecs of a loaded pipeline and the helpers nodes need
+    (latent shapes, SyncCFG anchors, decoding). Holds the ``AVPipeline`` the loader built."""
+
+    def __init__(self, pipeline: AVPipeline):
+        self.pipeline = pipeline
+
+    @property
+    def video_codec(self):
+        return self.pipeline.video_codec
+
+    @property
+    def audio_codec(self):
+        return self.pipeline.audio_codec
+
+    @property
+    def fps(self) -> float:
+        return float(self.pipeline.video_codec.fps)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipeline.audio_codec.sample_rate)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Width and height must be positive multiples of this many pixels."""
+        return self.pipeline.pixel_multiple
+
+    def latent_shapes(self, seconds: float, height: int, width: int, batch: int = 1):
+        """(video [B, Cv, Fv, Hv, Wv], audio [B, La, Ca]) latent shapes of a clip."""
+        return self.pipeline.latent_shapes(seconds, height, width, batch)
+
+    def anchors(self, video_shape, audio_shape, device=None, dtype=torch.float32):
+        """(static_video [1, Cv, Fv, Hv, Wv], silence [1, La, Ca]): SyncCFG's clean anchor latents."""
+        return self.pipeline.anchors(video_shape, audio_shape, device=device, dtype=dtype)
+
+    def decode(self, video_latent: torch.Tensor, audio_latent: torch.Tensor):
+        """-> (frames [B, F, H, W, 3] in 0..1, waveform [B, C, T] in -1..1), float32 on the CPU."""
+        return self.pipeline.decode(video_latent, audio_latent)
+
+    def __repr__(self) -> str:
+        return (f"SyncAVCodecs({self.pipeline.name}: {type(self.video_codec).__name__} {self.fps:g} fps, "
+                f"{type(self.audio_codec).__name__} {self.sample_rate} Hz)")
+
+
+def _check_embedded_codecs(path: str, name: str) -> None:
+    """Refuse, before loading any weight, a file whose latent / text widths are not the embedded codecs'."""
+    header, _ = read_header(path)
+    widths = {
+        "video latent channels": ("video_model.patch_embedding.weight", 1, TinyVideoCodec.latent_channels),
+        "audio latent channels": ("audio_model.patch_embedding.0.weight", 1, TinyAudioCodec.latent_channels),
+        "text embedding width": ("video_model.text_embedding.0.weight", 1, TINY_TEXT_DIM),
+    }
+    wrong = []
+    for what, (key, axis, expected) in widths.items():
+        if key not in header:
+            continue  # not a joint checkpoint at all: load_joint_model names the missing keys
+        got = header[key]["shape"][axis]
+        if got != expected:
+            wrong.append(f"{what} {got} (the embedded codecs / text encoder use {expected})")
+    if wrong:
+        raise CheckpointError(
+            f"checkpoint: {name!r} was trained with other codecs or text encoder: {'; '.join(wrong)}. Its codecs "
+            "(e.g. Ovi's Wan2.2 VAE / MMAudio and UMT5 text encoder) are not supported by this loader yet; it "
+            "loads models made for the embedded codecs (the embedded default and models trained from it).")
+
+
+def load_pipeline(checkpoint: str, dtype: str) -> AVPipeline:
+    """Build the pipeline a Loader node outputs (outside inference mode, so weights stay trainable)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, received {dtype!r}")
+    weight_dtype = DTYPES[dtype]
+    device = comfy_bridge.offload_device()
+    ops = comfy_bridge.operations()
+    # ComfyUI runs nodes under torch.inference_mode(): tensors made there are inference tensors forever and can
+    # never be trained (a later LoRA/DPO node). Build and load with it off.
+    with torch.inference_mode(False), torch.no_grad():
+        if checkpoint == EMBEDDED_DEFAULT:
+            pipeline = build_embedded_default(device=device, dtype=weight_dtype or torch.float32, operations=ops)
+        else:
+            path = comfy_bridge.diffusion_model_path(checkpoint)
+            if path is None:
+                folders = comfy_bridge.diffusion_model_folders()
+                where = f" ({', '.join(folders)})" if folders else ""
+                raise FileNotFoundError(f"checkpoint: {checkpoint!r} not found in models/diffusion_models{where}; "
+                                        f"put the .safetensors file there or choose {EMBEDDED_DEFAULT!r}")
+            _check_embedded_codecs(path, checkpoint)
+            model = load_joint_model(path, device=device, dtype=weight_dtype, operations=ops)
+            pipeline = AVPipeline(model=model, video_codec=TinyVideoCodec(), audio_codec=TinyAudioCodec(),
+                                  text_encoder=embedded_text_encoder(device="cpu"),
+                                  name=os.path.splitext(os.path.basename(checkpoint))[0])
+    model = pipeline.model
+    if not isinstance(model, JointModel):
+        raise TypeError(f"checkpoint: expected a JointModel, the loader built a {type(model).__name__}")
+    weights = next(model.parameters()).dtype
+    model.compute_dtype = comfy_bridge.compute_dtype(weights)
+    return pipeline
+
+
+class SyncAVLoader:
+    """Loads the joint audio-video model, the codecs it was trained with and its text encoder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "checkpoint": ([EMBEDDED_DEFAULT] + comfy_bridge.diffusion_model_names(), {
+                "default": EMBEDDED_DEFAULT,
+                "tooltip": f"{EMBEDDED_DEFAULT!r}: the small model that ships with the package (no download, "
+                           "runs on a CPU). Otherwise a .safetensors joint model from models/diffusion_models "
+                           "made for the embedded codecs."}),
+            "dtype": (list(DTYPES), {
+                "default": "auto",
+                "tooltip": "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default). "
+                           "Where the device cannot compute in it, ComfyUI computes in a wider dtype."}),
+        }}
+
+    RETURN_TYPES = ("MODEL", "SYNCAV_CODECS", "SYNCAV_TEXT_ENCODER")
+    RETURN_NAMES = ("model", "codecs", "text_encoder")
+    OUTPUT_TOOLTIPS = ("The joint audio-video diffusion model (for SyncAV samplers and trainers).",
+                       "The video and audio codecs: latent sizes, SyncCFG anchors, decoding.",
+                       "The text encoder the model was trained with.")
+    FUNCTION = "load"
+    CATEGORY = "SyncAV"
+    DESCRIPTION = ("Loads a SyncAV joint audio-video model with its codecs and text encoder. The embedded default "
+                   "needs no files.")
+
+    def load(self, checkpoint: str, dtype: str):
+        pipeline = load_pipeline(checkpoint, dtype)
+        patcher = comfy_bridge.wrap_model(pipeline.model)
+        return (patcher, SyncAVCodecs(pipeline), pipeline.text_encoder)

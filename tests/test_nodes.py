@@ -1,0 +1,252 @@
+"""The ComfyUI nodes, run as plain Python (no ComfyUI): their declared contract, the generation chain, errors.
+
+ComfyUI calls node functions under ``torch.inference_mode()``; the chain here does too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+from comfyui_syncav.model.checkpoint import save_joint_model
+from comfyui_syncav.model.config import get_preset
+from comfyui_syncav.model.joint import JointModel
+from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfyui_syncav.nodes import comfy_bridge
+from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT, SyncAVCodecs
+from comfyui_syncav.nodes.sampler import joint_model_of
+
+STEPS = 3
+PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def node(name):
+    return NODE_CLASS_MAPPINGS[name]()
+
+
+# ------------------------------------------------------------------------------------------------ contract
+
+@pytest.mark.parametrize("key", sorted(NODE_CLASS_MAPPINGS))
+def test_node_contract(key):
+    cls = NODE_CLASS_MAPPINGS[key]
+    assert key.startswith("SyncAV")
+    assert NODE_DISPLAY_NAME_MAPPINGS.get(key, "").startswith("SyncAV "), f"{key}: no display name"
+    spec = cls.INPUT_TYPES()
+    assert isinstance(spec, dict) and isinstance(spec.get("required"), dict) and spec["required"]
+    assert set(spec) <= {"required", "optional", "hidden"}
+    for name, entry in spec["required"].items():
+        assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, f"{key}.{name}: spec must be (type, options)"
+        kind = entry[0]
+        options = entry[1] if len(entry) == 2 else {}
+        assert isinstance(options, dict)
+        assert options.get("tooltip"), f"{key}.{name}: no tooltip"
+        if isinstance(kind, list):  # combo
+            assert kind and all(isinstance(v, str) for v in kind), f"{key}.{name}: combo must list strings"
+            assert options.get("default", kind[0]) in kind
+        else:
+            assert isinstance(kind, str) and kind == kind.upper(), f"{key}.{name}: bad type {kind!r}"
+        if kind in ("INT", "FLOAT"):
+            for k in ("default", "min", "max"):
+                assert k in options, f"{key}.{name}: {kind} without {k}"
+            assert options["min"] <= options["default"] <= options["max"], f"{key}.{name}: default out of range"
+            if kind == "INT":
+                assert all(isinstance(options[k], int) for k in ("default", "min", "max"))
+        if kind == "STRING":
+            assert isinstance(options.get("default"), str), f"{key}.{name}: STRING without a default"
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert all(isinstance(t, str) for t in cls.RETURN_TYPES)
+    assert isinstance(cls.RETURN_NAMES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    if hasattr(cls, "OUTPUT_TOOLTIPS"):
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert callable(getattr(cls, cls.FUNCTION, None)), f"{key}: FUNCTION {cls.FUNCTION!r} is not a method"
+    assert cls.CATEGORY == "SyncAV"
+    assert isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION
+    # every required input is a parameter of the function (ComfyUI passes them by name)
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    assert set(spec["required"]) <= set(params), f"{key}: inputs without a parameter"
+
+
+def test_display_names_cover_exactly_the_nodes():
+    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+    assert len(set(NODE_DISPLAY_NAME_MAPPINGS.values())) == len(NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def test_root_package_exports_the_nodes():
+    import comfyui_syncav
+    assert comfyui_syncav.NODE_CLASS_MAPPINGS is NODE_CLASS_MAPPINGS
+
+
+def test_loader_lists_the_embedded_default_without_comfyui():
+    combo = NODE_CLASS_MAPPINGS["SyncAVLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    assert combo[0] == EMBEDDED_DEFAULT
+    assert not comfy_bridge.comfy_available()  # these tests exercise the stand-ins
+
+
+# ------------------------------------------------------------------------------------------------ chain
+
+@pytest.fixture(scope="module")
+def loaded():
+    with torch.inference_mode():
+        return node("SyncAVLoader").load(EMBEDDED_DEFAULT, "auto")
+
+
+def generate(loaded, seed=0, video_prompt="a red ball bounces on the floor", audio_prompt="a thud at each bounce",
+             seconds=2.0, size=32, batch=1, slg_blocks="", steps=STEPS, **overrides):
+    model, codecs, text_encoder = loaded
+    settings = dict(solver="unipc", shift=3.0, text_scale_video=4.0, text_scale_audio=4.0, sync_scale_video=2.0,
+                    sync_scale_audio=2.0, sync_start=0.0, sync_end=1.0)
+    settings.update(overrides)
+    with torch.inference_mode():
+        (conditioning,) = node("SyncAVTextEncode").encode(text_encoder, video_prompt, audio_prompt, "", "")
+        (latent,) = node("SyncAVEmptyLatent").generate(codecs, seconds, size, size, batch)
+        (sampled,) = node("SyncAVSampler").sample(model, conditioning, latent, codecs, seed, steps,
+                                                  slg_blocks=slg_blocks, **settings)
+        return node("SyncAVDecode").decode(codecs, sampled), sampled
+
+
+def test_chain_gives_frames_audio_and_fps(loaded):
+    (images, audio, fps), latent = generate(loaded)
+    assert fps == 16.0 and isinstance(fps, float)
+    assert images.shape == (32, 32, 32, 3) and images.dtype == torch.float32 and images.device.type == "cpu"
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert set(audio) == {"waveform", "sample_rate"}
+    assert audio["sample_rate"] == 8000 and isinstance(audio["sample_rate"], int)
+    wave = audio["waveform"]
+    assert wave.shape == (1, 1, 16000) and wave.dtype == torch.float32 and wave.device.type == "cpu"
+    assert wave.shape[-1] / audio["sample_rate"] == images.shape[0] / fps == 2.0
+    assert torch.isfinite(images).all() and torch.isfinite(wave).all()
+    assert latent["fps"] == 16.0 and latent["sample_rate"] == 8000
+    assert latent["video"].shape == (1, 16, 16, 8, 8) and latent["audio"].shape == (1, 250, 32)
+
+
+def test_same_seed_same_clip_other_seed_other_clip(loaded):
+    (images_a, audio_a, _), _ = generate(loaded, seed=7)
+    (images_b, audio_b, _), _ = generate(loaded, seed=7)
+    (images_c, audio_c, _), _ = generate(loaded, seed=8)
+    assert torch.equal(images_a, images_b) and torch.equal(audio_a["waveform"], audio_b["waveform"])
+    assert not torch.equal(images_a, images_c) and not torch.equal(audio_a["waveform"], audio_c["waveform"])
+
+
+def test_batch_of_clips_plays_one_after_another(loaded):
+    (images, audio, fps), _ = generate(loaded, batch=2, steps=1)
+    assert images.shape == (64, 32, 32, 3)
+    assert audio["waveform"].shape == (2, 1, 16000)
+
+
+def test_guidance_options_run(loaded):
+    (images, _, _), _ = generate(loaded, steps=2, solver="euler", slg_blocks="1, 2", sync_start=0.2, sync_end=0.6,
+                                 text_scale_audio=1.0, sync_scale_audio=1.0)
+    assert images.shape == (32, 32, 32, 3)
+
+
+def test_empty_audio_prompt_falls_back_to_the_video_prompt(loaded):
+    _, _, text_encoder = loaded
+    with torch.inference_mode():
+        (c,) = node("SyncAVTextEncode").encode(text_encoder, "a drum is hit", "  ", "", "")
+    video, audio = c.positive
+    assert torch.equal(video.embeddings, audio.embeddings) and torch.equal(video.lengths, audio.lengths)
+    assert c.prompts["audio_prompt"] == "a drum is hit"
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+def test_empty_video_prompt_is_refused(loaded):
+    with pytest.raises(ValueError, match="video_prompt"):
+        generate(loaded, video_prompt="   ")
+
+
+@pytest.mark.parametrize("text, expected", [("a", "comma-separated"), ("1;2", "comma-separated"),
+                                            ("-1", "comma-separated"), ("1, 99", r"out of range.*0\.\.3")])
+def test_bad_slg_blocks_are_refused(loaded, text, expected):
+    with pytest.raises(ValueError, match=f"slg_blocks.*{expected}"):
+        generate(loaded, slg_blocks=text, steps=1)
+
+
+@pytest.mark.parametrize("size", [30, 4, 0])
+def test_bad_size_is_refused(loaded, size):
+    _, codecs, _ = loaded
+    with pytest.raises(ValueError, match=f"height and width must be positive multiples of {codecs.pixel_multiple}"):
+        node("SyncAVEmptyLatent").generate(codecs, 2.0, size, size, 1)
+
+
+def test_bad_seconds_and_sync_interval_are_refused(loaded):
+    _, codecs, _ = loaded
+    with pytest.raises(ValueError, match="seconds"):
+        node("SyncAVEmptyLatent").generate(codecs, 0.0, 32, 32, 1)
+    with pytest.raises(ValueError, match="sync_start / sync_end"):
+        generate(loaded, sync_start=0.8, sync_end=0.2, steps=1)
+
+
+def test_wrong_inputs_are_named(loaded):
+    model, codecs, text_encoder = loaded
+    with pytest.raises(ValueError, match="model: expected the MODEL output of SyncAV Loader"):
+        joint_model_of(object())
+    with pytest.raises(ValueError, match="latent: expected a SyncAV latent"):
+        node("SyncAVDecode").decode(codecs, {"samples": torch.zeros(1, 4, 8, 8)})
+    with pytest.raises(ValueError, match="codecs: expected"):
+        node("SyncAVDecode").decode(text_encoder, {"video": torch.zeros(1, 16, 2, 2, 2),
+                                                   "audio": torch.zeros(1, 4, 32)})
+    with pytest.raises(ValueError, match="text_encoder: expected"):
+        node("SyncAVTextEncode").encode(codecs, "a ball", "", "", "")
+
+
+# ------------------------------------------------------------------------------------------------ loader
+
+def test_loader_under_inference_mode_keeps_trainable_weights():
+    with torch.inference_mode():
+        model, codecs, text_encoder = node("SyncAVLoader").load(EMBEDDED_DEFAULT, "auto")
+    params = list(model.model.parameters())
+    assert params and not any(p.is_inference() for p in params)
+    assert not any(p.is_inference() for p in text_encoder.network.parameters())
+    # ComfyUI's LoRA key convention: diffusion_model.<module path>
+    keys = list(model.model.state_dict())
+    assert all(k.startswith("diffusion_model.") for k in keys)
+    assert "diffusion_model.video_model.patch_embedding.weight" in keys
+    assert isinstance(codecs, SyncAVCodecs) and codecs.fps == 16.0 and codecs.sample_rate == 8000
+
+
+def test_loader_dtype(loaded):
+    with torch.inference_mode():
+        model, _, _ = node("SyncAVLoader").load(EMBEDDED_DEFAULT, "bf16")
+    assert model.model.get_dtype() == torch.bfloat16
+    assert loaded[0].model.get_dtype() == torch.float32
+
+
+def test_loader_reads_a_file_made_for_the_embedded_codecs(loaded, tmp_path):
+    joint = loaded[0].model.diffusion_model
+    path = tmp_path / "mine.safetensors"
+    save_joint_model(joint, path)
+    with torch.inference_mode():
+        model, codecs, _ = node("SyncAVLoader").load(str(path), "auto")
+    sd = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in joint.state_dict().items())
+    assert not any(p.is_inference() for p in model.model.parameters())
+    assert codecs.pipeline.name == "mine"
+
+
+def test_loader_refuses_other_codecs_and_missing_files(tmp_path):
+    tiny = get_preset("tiny")
+    other = tiny.replace(video=dataclasses.replace(tiny.video, in_channels=48, out_channels=48),
+                         audio=dataclasses.replace(tiny.audio, in_channels=20, out_channels=20))
+    path = tmp_path / "ovi_like.safetensors"
+    save_joint_model(JointModel(other), path)
+    with pytest.raises(ValueError, match=r"video latent channels 48.*audio latent channels 20.*not supported by "
+                                         r"this loader yet"):
+        node("SyncAVLoader").load(str(path), "auto")
+    with pytest.raises(FileNotFoundError, match="checkpoint: 'nowhere.safetensors' not found in "
+                                                "models/diffusion_models"):
+        node("SyncAVLoader").load("nowhere.safetensors", "auto")
+    with pytest.raises(ValueError, match="dtype"):
+        node("SyncAVLoader").load(EMBEDDED_DEFAULT, "fp8")
+
+
+def test_step_progress_stand_in_counts_steps():
+    calls = []
+    with comfy_bridge.StepProgress(3) as progress:
+        for i in range(3):
+            progress(i, 3, None, None)
+            calls.append(i)
+    assert calls == [0, 1, 2]
