@@ -5,6 +5,11 @@ NODE_CLASS_MAPPINGS) and the importable library ``comfyui_syncav`` (model/, trai
 needs ComfyUI: nodes/ imports ComfyUI's modules lazily, inside the functions that use them.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Imported as a lone file, outside any package: pytest does this to the folder above tests/ when the folder's
+    # name is not a valid module name (a clone named ComfyUI-SyncAV). Nothing to register then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
