@@ -1,0 +1,237 @@
+"""The training loop shared by joint training and DPO: a plain function over a model, a batch source and a loss.
+
+What it guarantees:
+* **Determinism across interruption.** Step ``k``'s randomness (data, noise levels, noise) comes from a generator
+  seeded with ``(seed, k)``, and the optimizer and EMA state are saved with the weights, so N steps in one run and
+  N/2 + interrupt + resume N/2 give identical weights on a CPU.
+* **Nothing lost.** A checkpoint is written every ``save_every`` steps and whenever the loop stops on an exception
+  (interruption included), atomically (temp file + rename), in safetensors.
+* **Only trainable parameters** (``requires_grad``) are optimised, saved and averaged: freezing a tower or training
+  LoRA adapters is a matter of what the caller leaves trainable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..model.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+
+STATE_FORMAT = "comfyui-syncav train state v1"
+CHECKPOINT_NAME = "train_state.safetensors"
+
+# make_batch(step, generator) -> batch;  loss_fn(model, batch, generator) -> (loss, logs)
+BatchFn = Callable[[int, torch.Generator], Any]
+LossFn = Callable[[nn.Module, Any, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
+StepCallback = Callable[[int, dict], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    min_lr_fraction: float = 0.05        # cosine decays to this fraction of lr over the fixed step budget
+    grad_clip: float = 1.0
+    ema_decay: float | None = 0.998      # None: no EMA
+    precision: str = "fp32"              # "fp32" or "bf16" (autocast)
+    gradient_checkpointing: bool = False
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"TrainConfig.steps must be >= 1, got {self.steps}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+
+
+@dataclass
+class TrainState:
+    step: int = 0                                   # optimizer steps completed
+    history: list[dict] = field(default_factory=list)   # averaged logs every log_every steps
+    seconds: float = 0.0                            # wall-clock spent training, over all runs
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine over the fixed budget ``cfg.steps`` (not wall-clock: resumable, repeatable)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cosine)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step: a function of (seed, step) only, so a resumed run draws what a straight run does."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63))
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (float32), with the usual early-step ramp."""
+
+    def __init__(self, params: dict[str, nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().float().clone() for name, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, nn.Parameter], step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, p in params.items():
+            self.shadow[name].lerp_(p.detach().float(), 1 - decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.shadow.items():
+                params[name].copy_(value.to(params[name].dtype))
+
+
+# ---- checkpoint -----------------------------------------------------------------------------------------------
+
+def save_train_state(path: str | os.PathLike, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                     ema: EMA | None, state: TrainState, config: TrainConfig, extra: dict[str, str] | None = None
+                     ) -> None:
+    tensors: dict[str, torch.Tensor] = {f"param.{n}": p.detach() for n, p in params.items()}
+    if ema is not None:
+        tensors.update({f"ema.{n}": t for n, t in ema.shadow.items()})
+    by_param = {id(p): n for n, p in params.items()}
+    for p, slot in optimizer.state.items():
+        for key, value in slot.items():
+            tensors[f"optim.{by_param[id(p)]}.{key}"] = torch.as_tensor(value)
+    metadata = {"format": STATE_FORMAT, "step": str(state.step), "seconds": f"{state.seconds:.3f}",
+                "config": json.dumps(asdict(config)), "history": json.dumps(state.history), **(extra or {})}
+    save_tensors_atomic(tensors, path, metadata)
+
+
+def load_train_state(path: str | os.PathLike, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                     ema: EMA | None) -> TrainState:
+    _, metadata = read_header(path)
+    if metadata.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a training checkpoint of this package (format "
+                              f"{metadata.get('format')!r}, expected {STATE_FORMAT!r})")
+    tensors = load_tensors(path)
+    names = {k[len("param."):] for k in tensors if k.startswith("param.")}
+    if names != set(params):
+        missing, unexpected = sorted(set(params) - names), sorted(names - set(params))
+        raise CheckpointError(f"{path}: its trainable parameters differ from the model's: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]} (another model, or other layers frozen?)")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[f"param.{name}"].to(p.dtype))
+    for name, p in params.items():
+        slot = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items()
+                if k.startswith(f"optim.{name}.") and k.count(".") == name.count(".") + 2}
+        if slot:
+            optimizer.state[p] = slot
+    if ema is not None:
+        for name in params:
+            key = f"ema.{name}"
+            ema.shadow[name] = tensors[key].float().clone() if key in tensors else params[name].detach().float().clone()
+    return TrainState(step=int(metadata["step"]), history=json.loads(metadata.get("history", "[]")),
+                      seconds=float(metadata.get("seconds", 0.0)))
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    ema: EMA | None
+    checkpoint: Path
+
+
+def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConfig, out_dir: str | os.PathLike,
+          *, resume: bool = True, callback: StepCallback | None = None, progress: bool = True,
+          device: str | torch.device | None = None) -> TrainResult:
+    """Train ``model``'s trainable parameters for ``cfg.steps`` optimizer steps (in total, counting resumed ones).
+
+    make_batch(step, generator) builds step ``step``'s batch; loss_fn(model, batch, generator) returns (loss, logs).
+    resume: continue from ``out_dir/train_state.safetensors`` when it exists. callback(step, logs) runs after each
+    completed step; an exception raised there (an interruption) stops training after a checkpoint is written.
+    """
+    out_dir = Path(out_dir)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("train: the model has no trainable parameters (everything is frozen)")
+    if hasattr(model, "set_gradient_checkpointing"):
+        model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay is not None else None
+    state = TrainState()
+    if resume and checkpoint.is_file():
+        state = load_train_state(checkpoint, params, optimizer, ema)
+
+    def save() -> None:
+        save_train_state(checkpoint, params, optimizer, ema, state, cfg)
+
+    bar = None
+    if progress and state.step < cfg.steps:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=state.step, desc="training", dynamic_ncols=True)
+    window: list[dict] = []
+    model.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            while state.step < cfg.steps:
+                started = time.perf_counter()
+                step = state.step
+                generator = step_generator(cfg.seed, step)
+                batch = make_batch(step, generator)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    loss, logs = loss_fn(model, batch, generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"train: loss became {float(loss)} at step {step}; the last good state "
+                                             f"is in {checkpoint}")
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(params, step)
+                state.step += 1
+                state.seconds += time.perf_counter() - started
+                logs = {**logs, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]}
+                window.append(logs)
+                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                    state.history.append({"step": state.step, "seconds": round(state.seconds, 2),
+                                          **{k: sum(w[k] for w in window) / len(window) for k in window[0]}})
+                    window.clear()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                if state.step % cfg.save_every == 0:
+                    save()
+                if callback is not None:
+                    callback(state.step, logs)
+    except BaseException:
+        save()  # the last completed step: resume picks up exactly here
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    save()
+    return TrainResult(state=state, ema=ema, checkpoint=checkpoint)
