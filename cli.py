@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--slg-blocks", type=_blocks, default=(), metavar="I,J",
                      help="blocks skipped in the text-negative pass (skip-layer guidance)")
     gen.add_argument("--device", default="cpu")
+
+    bench = commands.add_parser("bouncebench", help="write BounceBench clips (mp4 + caption .txt + ground-truth .json)")
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--split", choices=("train", "val", "test"), default="val")
+    bench.add_argument("--clips", type=int, default=64)
+    bench.add_argument("--start", type=int, default=0, help="index of the first clip within the split")
+    bench.add_argument("--variant", default="standard", help="standard, two_balls, three_balls, fast, small, ...")
+
+    tr = commands.add_parser("train-default", help="train the embedded default model on BounceBench (resumable)")
+    tr.add_argument("--out", required=True, help="run folder: resumable state, exported weights, loss curve")
+    tr.add_argument("--steps", type=int, default=4000, help="total optimizer steps (the lr schedule spans them)")
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--init", default=None, help="start from these weights (e.g. the shipped ones) instead of seed 0")
+    tr.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
     return parser
 
 
@@ -74,12 +88,39 @@ def _generate(args) -> int:
     return 0
 
 
+def _bouncebench(args) -> int:
+    from .train.bouncebench import VARIANTS, write_dataset
+
+    if args.variant not in VARIANTS:
+        raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
+    files = write_dataset(args.out, args.split, args.clips, VARIANTS[args.variant], start=args.start)
+    print(f"wrote {len(files)} clips to {args.out}")
+    return 0
+
+
+def _train_default(args) -> int:
+    import dataclasses
+
+    from .train.embedded_training import EmbeddedRecipe, train_embedded_default
+
+    recipe = dataclasses.replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size)
+    result = train_embedded_default(args.out, recipe, init_weights=args.init, resume=not args.no_resume)
+    last = result.state.history[-1] if result.state.history else {}
+    print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; last loss "
+          f"{last.get('loss', float('nan')):.4f}; wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "bouncebench":
+            return _bouncebench(args)
+        if args.command == "train-default":
+            return _train_default(args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

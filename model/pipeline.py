@@ -7,6 +7,7 @@ before training) the network is drawn from a fixed seed, so everything still run
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 from .checkpoint import load_joint_model
 from .codec import AudioCodec, VideoCodec
 from .codec_tiny import TinyAudioCodec, TinyVideoCodec
-from .config import audio_rope_scale, get_preset
+from .config import JointConfig, audio_rope_scale, get_preset
 from .joint import JointModel
 from .text import EncodedText, TextEncoder
 from .text_tiny import TinyTextEncoder
@@ -98,6 +99,21 @@ class AVPipeline:
         return frames, waveform
 
 
+def embedded_config(video_codec: VideoCodec | None = None, audio_codec: AudioCodec | None = None) -> JointConfig:
+    """The ``tiny`` preset fitted to the embedded codecs: their latent widths, and the audio RoPE scale from their
+    rates (16 fps / 2x temporal vs 125 audio latents per second -> 0.064)."""
+    video_codec = video_codec or TinyVideoCodec()
+    audio_codec = audio_codec or TinyAudioCodec()
+    preset = get_preset("tiny")
+    frames = round(EMBEDDED_DEFAULT_SECONDS * video_codec.fps)
+    rope = audio_rope_scale(video_codec.fps, frames, video_codec.temporal_stride, audio_codec.latents_per_second)
+    return preset.replace(
+        audio=dataclasses.replace(preset.audio, rope_scale=rope, in_channels=audio_codec.latent_channels,
+                                  out_channels=audio_codec.latent_channels),
+        video=dataclasses.replace(preset.video, in_channels=video_codec.latent_channels,
+                                  out_channels=video_codec.latent_channels))
+
+
 def build_embedded_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                            operations=None, seed: int = 0) -> AVPipeline:
     """The embedded default pipeline: tiny joint model + the package's codecs and text encoder.
@@ -106,14 +122,7 @@ def build_embedded_default(device: str | torch.device = "cpu", dtype: torch.dtyp
     weight initialisation, so a seeded network is built with torch.nn and its weights loaded into them.
     """
     video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
-    preset = get_preset("tiny")
-    frames = round(EMBEDDED_DEFAULT_SECONDS * video_codec.fps)
-    rope = audio_rope_scale(video_codec.fps, frames, video_codec.temporal_stride, audio_codec.latents_per_second)
-    config = preset.replace(audio=_replace(preset.audio, rope_scale=rope,
-                                           in_channels=audio_codec.latent_channels,
-                                           out_channels=audio_codec.latent_channels),
-                            video=_replace(preset.video, in_channels=video_codec.latent_channels,
-                                           out_channels=video_codec.latent_channels))
+    config = embedded_config(video_codec, audio_codec)
     if EMBEDDED_MODEL_FILE.is_file():
         model = load_joint_model(EMBEDDED_MODEL_FILE, device=device, dtype=dtype, operations=operations)
     else:
@@ -140,7 +149,3 @@ def embedded_text_encoder(device: str | torch.device = "cpu") -> TinyTextEncoder
         return TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE, device=device)
     return TinyTextEncoder(device=device)
 
-
-def _replace(cfg, **changes):
-    import dataclasses
-    return dataclasses.replace(cfg, **changes)
