@@ -1,9 +1,11 @@
-"""Command line: ``python -m comfyui_syncav generate --prompt TEXT --seconds S --out clip.mp4``."""
+"""Command line: ``python -m comfyui_syncav generate --prompt TEXT --seconds S --out clip.mp4``; also ``bouncebench``,
+``train-default`` and ``eval`` (sync and quality on BounceBench, a JSON report)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -60,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--init", default=None, help="start from these weights (e.g. the shipped ones) instead of seed 0")
     tr.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
+
+    ev = commands.add_parser("eval", help="evaluate sync and quality on a benchmark (writes a JSON report)")
+    ev.add_argument("--bench", choices=("bouncebench",), default="bouncebench")
+    ev.add_argument("--split", choices=("train", "val", "test"), default="val")
+    ev.add_argument("--seed", type=int, default=0, help="index of the first clip within the split")
+    ev.add_argument("--clips", type=int, default=64)
+    ev.add_argument("--variant", default="standard", help="standard, two_balls, three_balls, fast, small, ...")
+    ev.add_argument("--guidance", choices=("plain", "synccfg"), required=True,
+                    help="plain: text guidance only (sync scales 1); synccfg: text + sync guidance")
+    ev.add_argument("--text-scale", type=float, default=4.0, help="text guidance, both streams (1 = off)")
+    ev.add_argument("--sync-scale", type=float, default=None,
+                    help="sync guidance, both streams (synccfg only; default 2.0)")
+    ev.add_argument("--sync-interval", type=_interval, default=None, metavar="START,END",
+                    help="fraction range of the steps where sync guidance is on (synccfg only; default 0,1)")
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--solver", choices=("unipc", "euler"), default="unipc")
+    ev.add_argument("--shift", type=float, default=3.0)
+    ev.add_argument("--real", action="store_true", help="also score the real clips of those seeds (the ceiling)")
+    ev.add_argument("--lora", default=None, metavar="FILE", help="a LoRA (.safetensors) to apply to the model")
+    ev.add_argument("--json", required=True, metavar="OUT", help="where to write the report (JSON)")
+    ev.add_argument("--device", default="cpu")
     return parser
 
 
@@ -111,6 +134,44 @@ def _train_default(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from .model.sync_cfg import SyncCFGGuidance
+    from .train.bouncebench import VARIANTS
+    from .train.evaluation import evaluate_bouncebench, format_table, write_json_atomic
+
+    if args.lora is not None:
+        raise ValueError(f"--lora {args.lora}: LoRA loading arrives with the DPO trainer")
+    if args.variant not in VARIANTS:
+        raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
+    if args.guidance == "plain":
+        given = [flag for flag, value in (("--sync-scale", args.sync_scale), ("--sync-interval", args.sync_interval))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only apply to --guidance synccfg (plain means sync scales 1)")
+        sync_scale, interval = 1.0, (0.0, 1.0)
+    else:
+        sync_scale = 2.0 if args.sync_scale is None else args.sync_scale
+        interval = (0.0, 1.0) if args.sync_interval is None else args.sync_interval
+    guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
+                               sync_scale_video=sync_scale, sync_scale_audio=sync_scale, sync_interval=interval)
+    if args.clips < 1 or args.steps < 1:
+        raise ValueError(f"--clips and --steps: expected positive numbers, got {args.clips} and {args.steps}")
+    folder = os.path.dirname(os.path.abspath(args.json))
+    if not os.path.isdir(folder):  # fail before the evaluation, not after it
+        raise ValueError(f"--json {args.json}: folder {folder!r} does not exist")
+
+    from .model.pipeline import build_embedded_default
+
+    pipeline = build_embedded_default(device=args.device)
+    result = evaluate_bouncebench(pipeline, split=args.split, seed=args.seed, clips=args.clips, variant=args.variant,
+                                  guidance=guidance, steps=args.steps, solver=args.solver, shift=args.shift,
+                                  include_real=args.real, progress=True)
+    write_json_atomic(args.json, result)
+    print(format_table(result))
+    print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -121,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bouncebench(args)
         if args.command == "train-default":
             return _train_default(args)
+        if args.command == "eval":
+            return _eval(args)
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

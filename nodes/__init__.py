@@ -7,6 +7,7 @@ mangled module name, so ``import comfyui_syncav`` would load a second copy of th
 from .decode import SyncAVDecode
 from .latent import SyncAVEmptyLatent
 from .loader import SyncAVLoader
+from .metrics import SyncAVBounceBench, SyncAVSyncMetric
 from .sampler import SyncAVSampler
 from .text_encode import SyncAVTextEncode
 
@@ -16,6 +17,8 @@ NODE_CLASS_MAPPINGS: dict = {
     "SyncAVEmptyLatent": SyncAVEmptyLatent,
     "SyncAVSampler": SyncAVSampler,
     "SyncAVDecode": SyncAVDecode,
+    "SyncAVSyncMetric": SyncAVSyncMetric,
+    "SyncAVBounceBench": SyncAVBounceBench,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict = {
@@ -24,6 +27,8 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {
     "SyncAVEmptyLatent": "SyncAV Empty AV Latent",
     "SyncAVSampler": "SyncAV SyncCFG Sampler",
     "SyncAVDecode": "SyncAV Decode",
+    "SyncAVSyncMetric": "SyncAV Sync Metric",
+    "SyncAVBounceBench": "SyncAV BounceBench Clip",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

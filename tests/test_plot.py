@@ -1,0 +1,46 @@
+"""Loss curves render and the PNG writer produces a valid file holding exactly the pixels."""
+
+import struct
+import zlib
+
+import numpy as np
+
+from comfyui_syncav.train.plot import SERIES_COLOURS_RGB, render_curves, write_png
+
+
+def read_png_rgb(path) -> np.ndarray:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, size = 8, b"", None
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    w, h = size
+    rows = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + 3 * w)
+    assert np.all(rows[:, 0] == 0)
+    return rows[:, 1:].reshape(h, w, 3)
+
+
+def test_curves_are_drawn_and_written_losslessly(tmp_path):
+    image = render_curves({"falling": [(i, 1.0 / (1 + i)) for i in range(50)],
+                           "flat": [(i, 0.3) for i in range(50)]}, width_px=200, height_px=100)
+    assert image.shape == (100, 200, 3)
+    first, second = (np.all(image == np.array(c, dtype=np.uint8), axis=-1) for c in SERIES_COLOURS_RGB[:2])
+    assert first.sum() > 100 and second.sum() > 100
+    # The falling curve starts high on the left and ends low on the right (log scale, y grows downwards).
+    rows = np.nonzero(first)[0]
+    cols = np.nonzero(first)[1]
+    assert rows[cols < 20].mean() < rows[cols > 180].mean()
+    write_png(tmp_path / "curve.png", image)
+    assert np.array_equal(read_png_rgb(tmp_path / "curve.png"), image)
+
+
+def test_empty_or_non_positive_series_give_a_blank_canvas():
+    image = render_curves({"nothing": [(0, 0.0), (1, -1.0)]}, width_px=50, height_px=40)
+    assert image.shape == (40, 50, 3) and np.all(image == 255)
