@@ -123,3 +123,9 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     save_tensors_atomic({"x": torch.zeros(1)}, tmp_path / CHECKPOINT_NAME, {"format": "something else"})
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         train(micro_model(), random_batch, loss_fn, TrainConfig(steps=2), tmp_path, progress=False)
+
+
+def test_logs_with_varying_keys_are_averaged_per_key():
+    from comfyui_syncav.train.loop import average_logs
+    assert average_logs([{"loss": 1.0, "rule/shift": 0.5}, {"loss": 3.0}, {"loss": 2.0, "rule/shift": 1.5}]) == \
+        {"loss": 2.0, "rule/shift": 1.0}

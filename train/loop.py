@@ -104,6 +104,15 @@ class EMA:
                 params[name].copy_(value.to(params[name].dtype))
 
 
+def average_logs(window: list[dict]) -> dict[str, float]:
+    """Mean of each key over the steps that logged it (keys may vary: per-rule logs cover the rules drawn)."""
+    totals: dict[str, list[float]] = {}
+    for logs in window:
+        for key, value in logs.items():
+            totals.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
 # ---- checkpoint -----------------------------------------------------------------------------------------------
 
 def save_train_state(path: str | os.PathLike, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -217,7 +226,7 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
                 window.append(logs)
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                     state.history.append({"step": state.step, "seconds": round(state.seconds, 2),
-                                          **{k: sum(w[k] for w in window) / len(window) for k in window[0]}})
+                                          **average_logs(window)})
                     window.clear()
                 if bar is not None:
                     bar.update(1)

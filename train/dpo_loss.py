@@ -1,0 +1,297 @@
+"""Diffusion-DPO in flow-matching form, per modality, for the joint audio-video model.
+
+Diffusion-DPO (Wallace et al., 2023) replaces DPO's log-likelihood ratios by denoising errors: with the winner x_w and
+the loser x_l noised with the SAME noise at the SAME noise level,
+
+    loss = -log sigmoid(-beta/2 * ((err_w - ref_err_w) - (err_l - ref_err_l)))
+
+where ``err`` is the policy's and ``ref_err`` the frozen reference's per-sample error. The policy is pushed to fit the
+winner better than the reference does, and the loser worse; beta bounds how far it may drift (the KL weight). Here
+the error is the flow-matching error of ``flow_loss.flow_matching_error`` (velocity MSE, or x0 MSE for x0-head models),
+a mean over elements, scored per modality with its own beta.
+
+For synchronization (SyncDPO) the loser is the winner with its temporal structure broken, so a pair often differs
+in one stream only. Sharing the noise makes the errors of the untouched stream differ only through what it reads
+from the other stream, i.e. exactly through the cross-modal attention.
+
+``dpo_loss`` is the loss alone (a plain function of error tensors, TRL style); ``av_dpo_loss`` runs the model on a
+batch of pairs: the reference is the same network with its LoRA switched off (``model.lora.disabled_adapters``), so no
+second copy of the weights exists. Harmony's cross-task rows (a stream given clean at sigma 0) can join, as in
+``flow_loss``; they are the inputs of SyncCFG's driven passes.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.lora import disabled_adapters
+from .flow_loss import AVBatch, FlowLossConfig, flow_matching_error, sample_sigmas, task_rows
+
+# Default betas per error convention. Diffusion-DPO used beta = 5000 (2000-5000) on the epsilon MSE, a mean over
+# elements. For one x0 error d at noise level s: eps-MSE = ((1-s)/s)^2 d^2, velocity-MSE = d^2/s^2, x0-MSE = d^2
+# (flow_matching_error scores x0-head models on x0 for s above the floor). Velocity errors are thus (1-s)^-2 times
+# the epsilon errors, ~4x at the median s = 0.5 of the logit-normal, so 5000 / ~4-5 -> 1000. x0 errors are s^2 times
+# velocity errors, E[s^2] ~ 0.3 under logit-normal(0, 1), so the same strength needs ~3x that -> 3000. The loss
+# saturates once beta/2 * |margin| ~ 4, i.e. at margins of ~0.008 (velocity) / ~0.003 (x0) in MSE units: a small
+# fraction of a trained model's error, which is what keeps the policy close to the reference.
+DEFAULT_BETA = {"velocity": 1000.0, "x0": 3000.0}
+MODALITIES = ("video", "audio")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta_video: float | None = None     # None: DEFAULT_BETA for the model's error convention (velocity / x0 head)
+    beta_audio: float | None = None
+    weight_video: float = 1.0           # weights of the per-modality DPO terms in the sum
+    weight_audio: float = 1.0
+    sft_weight: float = 0.0             # + sft_weight * flow-matching error of the policy on the winners
+    driven_fraction: float = 0.0        # share of rows given to Harmony's driven tasks (0: joint rows only)
+    lambda_video: float = 0.1           # weight of audio-driven video rows (audio clean at sigma 0, video scored)
+    lambda_audio: float = 0.3           # weight of video-driven audio rows
+    shared_sigma_fraction: float = 0.5  # share of joint rows with one noise level for both streams
+    logit_mean: float = 0.0             # noise levels as in flow_loss: shift(sigmoid(N(logit_mean, logit_std)))
+    logit_std: float = 1.0
+    shift: float = 1.0
+
+    def __post_init__(self):
+        for name in ("beta_video", "beta_audio"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"DPOConfig.{name} must be > 0 (or None for the default), got {value}")
+        for name in ("driven_fraction", "shared_sigma_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.logit_std <= 0 or self.shift <= 0:
+            raise ValueError("DPOConfig: logit_std and shift must be > 0")
+
+    def betas(self, model_config) -> dict[str, float]:
+        default = DEFAULT_BETA[model_config.prediction]
+        return {"video": default if self.beta_video is None else float(self.beta_video),
+                "audio": default if self.beta_audio is None else float(self.beta_audio)}
+
+    def sigma_config(self) -> FlowLossConfig:
+        return FlowLossConfig(logit_mean=self.logit_mean, logit_std=self.logit_std, shift=self.shift)
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+
+def preference_margin(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor
+                      ) -> torch.Tensor:
+    """[B] ``(err_w - ref_err_w) - (err_l - ref_err_l)``: negative where the policy prefers the winner more than the
+    reference does."""
+    return (err_w - ref_err_w) - (err_l - ref_err_l)
+
+
+def implicit_accuracy(margin: torch.Tensor) -> float:
+    """Share of rows with margin < 0; an exact tie (identical winner and loser, or policy == reference) counts as
+    half a row, the coin flip it is. NaN for no rows."""
+    if margin.numel() == 0:
+        return math.nan
+    return float(((margin < 0).float() + 0.5 * (margin == 0).float()).mean())
+
+
+def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diffusion-DPO loss per row.
+
+    err_w, err_l: [B] policy errors on the winner / loser; ref_err_w, ref_err_l: [B] the reference's, all computed
+    with the same noise and noise level for a row's winner and loser. Returns (loss [B], logs) with
+    ``loss = -logsigmoid(-beta/2 * margin)``, margin = ``preference_margin``; logs: ``accuracy`` (implicit),
+    ``reward_margin`` (mean of -beta/2 * margin: the implicit reward of the winner minus the loser's, i.e. the
+    sigmoid's argument), ``winner_reward``, ``loser_reward``.
+    """
+    margin = preference_margin(err_w, err_l, ref_err_w, ref_err_l)
+    logits = -0.5 * beta * margin                        # implicit reward of the winner minus the loser's
+    loss = -F.logsigmoid(logits)
+    with torch.no_grad():
+        # -beta/2 * (err - ref_err) plays DPO's beta * log(pi / pi_ref): the implicit reward of one sample.
+        winner_reward, loser_reward = -0.5 * beta * (err_w - ref_err_w), -0.5 * beta * (err_l - ref_err_l)
+        average = lambda x: float(x.mean()) if x.numel() else math.nan  # noqa: E731
+        logs = {"accuracy": implicit_accuracy(margin.detach()), "reward_margin": average(logits),
+                "winner_reward": average(winner_reward), "loser_reward": average(loser_reward)}
+    return loss, logs
+
+
+# ------------------------------------------------------------------------------------------------ the model side
+
+class PreferenceBatch(NamedTuple):
+    """A batch of pairs for the training loop: row i of ``winner`` is preferred to row i of ``loser``."""
+
+    winner: AVBatch
+    loser: AVBatch
+    rules: tuple[str, ...] | None = None     # [B] name of the rule that made each loser (per-rule logs)
+
+    def to(self, device) -> "PreferenceBatch":
+        return PreferenceBatch(self.winner.to(device), self.loser.to(device), self.rules)
+
+
+class PairNoise(NamedTuple):
+    """What one step draws, shared by a row's winner and loser."""
+
+    sigma_video: torch.Tensor   # [B]
+    sigma_audio: torch.Tensor   # [B]
+    noise_video: torch.Tensor   # [B, Cv, F, H, W]
+    noise_audio: torch.Tensor   # [B, La, Ca]
+
+
+class PairErrors(NamedTuple):
+    """Per-row flow-matching errors [B] of one network on the winners and the losers."""
+
+    video_winner: torch.Tensor
+    video_loser: torch.Tensor
+    audio_winner: torch.Tensor
+    audio_loser: torch.Tensor
+
+
+def draw_pair_noise(winner: AVBatch, cfg: DPOConfig, generator: torch.Generator) -> PairNoise:
+    """One noise level per modality per row and one noise per row; rows laid out [joint | audio-driven video |
+    video-driven audio] (``flow_loss.task_rows``), the driving stream of a driven row at sigma 0."""
+    b = winner.video.shape[0]
+    n_joint, n_video_task, _ = task_rows(b, cfg.driven_fraction)
+    sigma_cfg = cfg.sigma_config()
+    sigma_video = sample_sigmas(b, sigma_cfg, generator)
+    sigma_audio = sample_sigmas(b, sigma_cfg, generator)
+    shared = torch.rand(b, generator=generator) < cfg.shared_sigma_fraction
+    sigma_audio = torch.where(shared, sigma_video, sigma_audio)
+    sigma_audio[n_joint:n_joint + n_video_task] = 0.0
+    sigma_video[n_joint + n_video_task:] = 0.0
+    noise_video = torch.randn(winner.video.shape, generator=generator)
+    noise_audio = torch.randn(winner.audio.shape, generator=generator)
+    device = winner.video.device
+    return PairNoise(sigma_video.to(device), sigma_audio.to(device), noise_video.to(device, winner.video.dtype),
+                     noise_audio.to(device, winner.audio.dtype))
+
+
+def _check_pair(winner: AVBatch, loser: AVBatch) -> None:
+    for field in ("video", "audio"):
+        w, l = getattr(winner, field), getattr(loser, field)
+        if w.shape != l.shape:
+            raise ValueError(f"av_dpo_loss: winner and loser {field} latents must have the same shape (they share "
+                             f"the noise), got {list(w.shape)} and {list(l.shape)}")
+    for field in ("text_video_lengths", "text_audio_lengths"):
+        if (getattr(winner, field) is None) != (getattr(loser, field) is None):
+            raise ValueError(f"av_dpo_loss: {field} must be given for both winner and loser or for neither")
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None else torch.cat([a, b])
+
+
+def _cat_text(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B, La, D] and [B, Lb, D] -> [2B, max(La, Lb), D]: zero rows are what the towers pad prompts with anyway."""
+    length = max(a.shape[1], b.shape[1])
+    pad = lambda t: F.pad(t, (0, 0, 0, length - t.shape[1]))  # noqa: E731
+    return torch.cat([pad(a), pad(b)])
+
+
+def paired_errors(model: nn.Module, winner: AVBatch, loser: AVBatch, noise: PairNoise) -> PairErrors:
+    """Errors of ``model`` on winners and losers, in ONE forward of 2B rows [winners | losers]."""
+    sv, sa = noise.sigma_video, noise.sigma_audio
+    sv5, sa3 = sv.view(-1, 1, 1, 1, 1), sa.view(-1, 1, 1)
+    video = torch.cat([(1 - sv5) * winner.video + sv5 * noise.noise_video,
+                       (1 - sv5) * loser.video + sv5 * noise.noise_video])
+    audio = torch.cat([(1 - sa3) * winner.audio + sa3 * noise.noise_audio,
+                       (1 - sa3) * loser.audio + sa3 * noise.noise_audio])
+    sigma_video, sigma_audio = torch.cat([sv, sv]), torch.cat([sa, sa])
+    pred_video, pred_audio = model(video, audio, sigma_video, sigma_audio,
+                                   _cat_text(winner.text_video, loser.text_video),
+                                   _cat_text(winner.text_audio, loser.text_audio),
+                                   text_video_lengths=_cat(winner.text_video_lengths, loser.text_video_lengths),
+                                   text_audio_lengths=_cat(winner.text_audio_lengths, loser.text_audio_lengths))
+    target_video = torch.cat([noise.noise_video - winner.video, noise.noise_video - loser.video])
+    target_audio = torch.cat([noise.noise_audio - winner.audio, noise.noise_audio - loser.audio])
+    err_video = flow_matching_error(pred_video, target_video, sigma_video, model.config)
+    err_audio = flow_matching_error(pred_audio, target_audio, sigma_audio, model.config)
+    b = winner.video.shape[0]
+    return PairErrors(err_video[:b], err_video[b:], err_audio[:b], err_audio[b:])
+
+
+ReferenceContext = Callable[[nn.Module], AbstractContextManager]
+
+
+def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: torch.Generator, cfg: DPOConfig,
+                reference_context: ReferenceContext = disabled_adapters, rules: Sequence[str] | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO loss of a batch of pairs (row i of ``winner`` preferred to row i of ``loser``). Returns (loss, logs).
+
+    loss = sum over modalities m of  weight_m * mean_joint(L_m) + lambda_m * mean_driven_m(L_m)
+                                     + sft_weight * weight_m * mean_scored_m(policy error on the winner),
+    L_m = ``dpo_loss`` with beta_m; driven_m: the rows where m is denoised while the other stream is given clean
+    (``cfg.driven_fraction`` of the batch; none by default).
+    ``reference_context(model)`` turns the model into the reference (default: its LoRA off); the reference runs
+    first, under no_grad, in one forward of 2B rows, then the policy in another.
+    rules: [B] the rule that made each loser; adds ``rule/<name>/<modality>_accuracy`` and ``..._reward_margin``
+    for the rules present in this batch.
+    """
+    _check_pair(winner, loser)
+    b = winner.video.shape[0]
+    if rules is not None and len(rules) != b:
+        raise ValueError(f"av_dpo_loss: rules must name one rule per row ({b}), got {len(rules)}")
+    noise = draw_pair_noise(winner, cfg, generator)
+    # Reference first: toggling adapters then cannot interfere with the policy's autograd graph.
+    with torch.no_grad(), reference_context(model):
+        ref = paired_errors(model, winner, loser, noise)
+    policy = paired_errors(model, winner, loser, noise)
+
+    # Rows: [joint | audio-driven video | video-driven audio]. A modality is scored on the joint rows and on the
+    # driven rows where it is the noisy stream; the driving stream (clean, sigma 0) has nothing to denoise.
+    n_joint, n_video_task, _ = task_rows(b, cfg.driven_fraction)
+    device = policy.video_winner.device
+    row = torch.arange(b, device=device)
+    joint = row < n_joint
+    driven = {"video": (row >= n_joint) & (row < n_joint + n_video_task), "audio": row >= n_joint + n_video_task}
+    scored = {m: joint | driven[m] for m in MODALITIES}
+    betas = cfg.betas(model.config)
+    weights = {"video": cfg.weight_video, "audio": cfg.weight_audio}
+    lambdas = {"video": cfg.lambda_video, "audio": cfg.lambda_audio}
+    driven_name = {"video": "audio_driven_video", "audio": "video_driven_audio"}
+    zero = policy.video_winner.new_zeros(())
+    mean = lambda x, rows: x[rows].mean() if rows.any() else zero  # noqa: E731
+
+    loss = zero
+    logs: dict[str, float] = {}
+    margins: dict[str, torch.Tensor] = {}
+    for m in MODALITIES:
+        err_w, err_l = getattr(policy, f"{m}_winner"), getattr(policy, f"{m}_loser")
+        ref_w, ref_l = getattr(ref, f"{m}_winner"), getattr(ref, f"{m}_loser")
+        rows_loss, _ = dpo_loss(err_w, err_l, ref_w, ref_l, betas[m])
+        joint_term, driven_term = mean(rows_loss, joint), mean(rows_loss, driven[m])
+        winner_error = mean(err_w, scored[m])
+        loss = loss + weights[m] * joint_term + lambdas[m] * driven_term
+        if cfg.sft_weight:
+            loss = loss + cfg.sft_weight * weights[m] * winner_error
+        margins[m] = preference_margin(err_w, err_l, ref_w, ref_l).detach()
+        rows = scored[m]
+        _, scored_logs = dpo_loss(err_w[rows].detach(), err_l[rows].detach(), ref_w[rows], ref_l[rows], betas[m])
+        logs[f"{m}_dpo"] = float(joint_term.detach())
+        logs[f"{driven_name[m]}_dpo"] = float(driven_term.detach())
+        logs[f"{m}_accuracy"] = scored_logs["accuracy"]
+        logs[f"{m}_reward_margin"] = scored_logs["reward_margin"]
+        logs[f"{m}_winner_error"] = float(winner_error.detach())
+    logs = {"loss": float(loss.detach()), **logs}
+
+    if rules is not None:
+        for rule in sorted(set(rules)):
+            of_rule = torch.tensor([r == rule for r in rules], dtype=torch.bool, device=device)
+            for m in MODALITIES:
+                rows = of_rule & scored[m]
+                if rows.any():
+                    logs[f"rule/{rule}/{m}_accuracy"] = implicit_accuracy(margins[m][rows])
+                    logs[f"rule/{rule}/{m}_reward_margin"] = float(-0.5 * betas[m] * margins[m][rows].mean())
+    return loss, logs
+
+
+def dpo_loss_fn(cfg: DPOConfig, reference_context: ReferenceContext = disabled_adapters):
+    """``loss_fn(model, batch: PreferenceBatch, generator)`` for ``train.loop.train``."""
+
+    def loss_fn(model: nn.Module, batch: PreferenceBatch, generator: torch.Generator):
+        return av_dpo_loss(model, batch.winner, batch.loser, generator, cfg, reference_context, batch.rules)
+
+    return loss_fn
