@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--slg-blocks", type=_blocks, default=(), metavar="I,J",
                      help="blocks skipped in the text-negative pass (skip-layer guidance)")
     gen.add_argument("--device", default="cpu")
+    _add_lora_args(gen)
 
     bench = commands.add_parser("bouncebench", help="write BounceBench clips (mp4 + caption .txt + ground-truth .json)")
     bench.add_argument("--out", required=True, help="output folder")
@@ -80,10 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--solver", choices=("unipc", "euler"), default="unipc")
     ev.add_argument("--shift", type=float, default=3.0)
     ev.add_argument("--real", action="store_true", help="also score the real clips of those seeds (the ceiling)")
-    ev.add_argument("--lora", default=None, metavar="FILE", help="a LoRA (.safetensors) to apply to the model")
+    _add_lora_args(ev)
     ev.add_argument("--json", required=True, metavar="OUT", help="where to write the report (JSON)")
     ev.add_argument("--device", default="cpu")
     return parser
+
+
+def _add_lora_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora", default=None, metavar="FILE", help="a LoRA (.safetensors, e.g. from the DPO trainer)")
+    parser.add_argument("--lora-strength-video", type=float, default=1.0, help="LoRA strength on the video tower")
+    parser.add_argument("--lora-strength-audio", type=float, default=1.0, help="LoRA strength on the audio tower")
+
+
+def _apply_lora_arg(pipeline, args) -> None:
+    """Merge --lora into the pipeline's model (its own copy: the CLI builds a fresh pipeline per run)."""
+    if args.lora is None:
+        return
+    from .model.lora import apply_lora, check_lora_fits, load_lora
+
+    tensors, _ = load_lora(args.lora)
+    check_lora_fits(pipeline.model, tensors, where=f"--lora {args.lora}")
+    apply_lora(pipeline.model, tensors, strength_video=args.lora_strength_video,
+               strength_audio=args.lora_strength_audio)
 
 
 def _generate(args) -> int:
@@ -96,6 +115,7 @@ def _generate(args) -> int:
 
     started = time.perf_counter()
     pipeline = build_embedded_default(device=args.device)
+    _apply_lora_arg(pipeline, args)
     guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
                                sync_scale_video=args.sync_scale, sync_scale_audio=args.sync_scale,
                                sync_interval=args.sync_interval, slg_blocks=args.slg_blocks)
@@ -139,8 +159,6 @@ def _eval(args) -> int:
     from .train.bouncebench import VARIANTS
     from .train.evaluation import evaluate_bouncebench, format_table, write_json_atomic
 
-    if args.lora is not None:
-        raise ValueError(f"--lora {args.lora}: LoRA loading arrives with the DPO trainer")
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
     if args.guidance == "plain":
@@ -163,6 +181,7 @@ def _eval(args) -> int:
     from .model.pipeline import build_embedded_default
 
     pipeline = build_embedded_default(device=args.device)
+    _apply_lora_arg(pipeline, args)
     result = evaluate_bouncebench(pipeline, split=args.split, seed=args.seed, clips=args.clips, variant=args.variant,
                                   guidance=guidance, steps=args.steps, solver=args.solver, shift=args.shift,
                                   include_real=args.real, progress=True)

@@ -23,3 +23,29 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["generate", "--prompt", "ball", "--width", "30", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "multiples of 8" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_generate_with_a_lora_changes_the_clip_and_strength_zero_does_not(tmp_path):
+    import torch
+
+    from comfyui_syncav.model.lora import LoraSpec, add_lora, save_lora
+    from comfyui_syncav.model.pipeline import build_embedded_default
+
+    model = build_embedded_default().model
+    add_lora(model, LoraSpec(rank=4, targets=("ffn",)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(model, tmp_path / "l.safetensors")
+
+    def frames(*extra):
+        out = tmp_path / f"clip{len(extra)}{extra[-1] if extra else ''}.mp4"
+        assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
+                     "--out", str(out), *extra]) == 0
+        return out.read_bytes()
+
+    base = frames()
+    assert frames("--lora", str(tmp_path / "l.safetensors"), "--lora-strength-video", "0",
+                  "--lora-strength-audio", "0") == base
+    assert frames("--lora", str(tmp_path / "l.safetensors")) != base

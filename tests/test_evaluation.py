@@ -139,12 +139,12 @@ def test_cli_eval_writes_the_json(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name != "plain.json"]  # no temporary file left
 
 
-def test_cli_eval_refuses_lora_and_misplaced_sync_flags(tmp_path, capsys):
+def test_cli_eval_rejects_a_missing_lora_and_misplaced_sync_flags(tmp_path, capsys):
     out = tmp_path / "x.json"
     rc = main(["eval", "--bench", "bouncebench", "--clips", "2", "--guidance", "synccfg", "--lora", "dpo.safetensors",
                "--json", str(out)])
     assert rc == 2
-    assert "LoRA loading arrives with the DPO trainer" in capsys.readouterr().err
+    assert "dpo.safetensors: no such file" in capsys.readouterr().err
     rc = main(["eval", "--clips", "2", "--guidance", "plain", "--sync-scale", "3", "--json", str(out)])
     assert rc == 2
     assert "--sync-scale" in capsys.readouterr().err
