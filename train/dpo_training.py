@@ -59,6 +59,7 @@ HISTORY_FILE = "history.json"
 
 # winners(step, generator) -> AVBatch: the same contract as the loop's make_batch.
 WinnerFn = Callable[[int, torch.Generator], AVBatch]
+PairFn = Callable[[int, torch.Generator], PreferenceBatch]
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,17 @@ class PreferencePairs:
         return pairs if self.device is None else pairs.to(self.device)
 
 
+def _pairs_on(pairs: "PairFn", device: torch.device | None, winners_only: bool):
+    def make(step: int, generator: torch.Generator):
+        batch = pairs(step, generator)
+        if not isinstance(batch, PreferenceBatch):
+            raise TypeError(f"pairs: expected pairs(step, generator) to return a PreferenceBatch, got "
+                            f"{type(batch).__name__}")
+        batch = batch if device is None else batch.to(device)
+        return batch.winner if winners_only else batch
+    return make
+
+
 def _winners_on(winners: WinnerFn, device: torch.device | None) -> WinnerFn:
     def make(step: int, generator: torch.Generator) -> AVBatch:
         batch = winners(step, generator)
@@ -292,13 +304,15 @@ def _prepare_lora(model: nn.Module, spec: LoraSpec, seed: int) -> None:
 
 
 def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = DPOTrainingConfig(), *,
-              batches: WinnerFn | None = None, resume: bool = True,
+              batches: WinnerFn | None = None, pairs: PairFn | None = None, resume: bool = True,
               callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> DPOTrainingResult:
     """Train a LoRA on ``pipeline.model`` for sync with DPO (or the SFT baseline); files in ``out_dir``.
 
     pipeline: an ``AVPipeline`` (model, video_codec, audio_codec, text_encoder); its model gets the adapters in place.
     batches: ``batches(step, generator) -> AVBatch`` of winner latents; None: BounceBench's train split encoded
     with the pipeline's codecs and text encoder (``config.batch_size`` clips a step).
+    pairs: ``pairs(step, generator) -> PreferenceBatch`` made elsewhere, e.g. ``ScoredPairs.batches`` (V2A-DPO pairs
+    of the model's own samples, easy -> hard): they replace the temporal negatives (SFT trains on their winners).
     resume: continue from ``out_dir/train_state.safetensors`` when it exists (bit-identical on a CPU).
     callback(step, logs): after each step (and after that step's files are written); an exception raised there
     stops training with a resumable checkpoint and the LoRA of the last completed step.
@@ -309,11 +323,17 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     checkpoint = out_dir / CHECKPOINT_NAME
     model = pipeline.model
     device = next(model.parameters()).device
-    if batches is None:
+    if pairs is not None and batches is not None:
+        raise ValueError("train_dpo: give either batches (winners; losers from the curriculum) or pairs, not both")
+    if pairs is not None:
+        make_batch = _pairs_on(pairs, device, winners_only=config.objective != "dpo")
+    elif batches is None:
         from .embedded_training import BounceBatches
         batches = BounceBatches(config.batch_size, config.caption_dropout, pipeline.text_encoder,
                                 pipeline.video_codec, pipeline.audio_codec)
-    if config.objective == "dpo":
+    if pairs is not None:
+        pass
+    elif config.objective == "dpo":
         make_batch = PreferencePairs(batches, pipeline.video_codec, pipeline.audio_codec, config.curriculum,
                                      config.steps, device)
     else:
