@@ -4,10 +4,14 @@ Only nodes/comfy_bridge.py touches ComfyUI, lazily; every import here is relativ
 mangled module name, so ``import comfyui_syncav`` would load a second copy of the package).
 """
 
+from .dataset import SyncAVDataset
 from .decode import SyncAVDecode
+from .dpo_trainer import SyncAVDPOTrainer
 from .latent import SyncAVEmptyLatent
 from .loader import SyncAVLoader
+from .lora import SyncAVLoadLoRA, SyncAVSaveLoRA
 from .metrics import SyncAVBounceBench, SyncAVSyncMetric
+from .negatives import SyncAVNegatives
 from .sampler import SyncAVSampler
 from .text_encode import SyncAVTextEncode
 
@@ -19,6 +23,11 @@ NODE_CLASS_MAPPINGS: dict = {
     "SyncAVDecode": SyncAVDecode,
     "SyncAVSyncMetric": SyncAVSyncMetric,
     "SyncAVBounceBench": SyncAVBounceBench,
+    "SyncAVDataset": SyncAVDataset,
+    "SyncAVNegatives": SyncAVNegatives,
+    "SyncAVDPOTrainer": SyncAVDPOTrainer,
+    "SyncAVSaveLoRA": SyncAVSaveLoRA,
+    "SyncAVLoadLoRA": SyncAVLoadLoRA,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict = {
@@ -29,6 +38,11 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {
     "SyncAVDecode": "SyncAV Decode",
     "SyncAVSyncMetric": "SyncAV Sync Metric",
     "SyncAVBounceBench": "SyncAV BounceBench Clip",
+    "SyncAVDataset": "SyncAV AV Dataset",
+    "SyncAVNegatives": "SyncAV Temporal Negative Builder",
+    "SyncAVDPOTrainer": "SyncAV DPO Trainer",
+    "SyncAVSaveLoRA": "SyncAV Save LoRA",
+    "SyncAVLoadLoRA": "SyncAV Load LoRA",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -209,3 +209,137 @@ def diffusion_model_path(name: str) -> Optional[str]:
         if found:
             return found
     return name if os.path.isfile(name) else None
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+LORA_FOLDER = "syncav_lora"          # ComfyUI model-folder name of SyncAV LoRAs (models/ and output/ subfolders)
+LORA_EXTENSIONS = {".safetensors"}
+
+
+def output_directory() -> str:
+    """ComfyUI's output folder; outside ComfyUI ``$SYNCAV_OUTPUT_DIR``, else ``./output``."""
+    if comfy_available():
+        return _comfy("folder_paths").get_output_directory()
+    return os.path.abspath(os.environ.get("SYNCAV_OUTPUT_DIR") or "output")
+
+
+def models_directory() -> str:
+    """ComfyUI's models folder; outside ComfyUI ``$SYNCAV_MODELS_DIR``, else ``./models``."""
+    if comfy_available():
+        return _comfy("folder_paths").models_dir
+    return os.path.abspath(os.environ.get("SYNCAV_MODELS_DIR") or "models")
+
+
+def input_directory() -> str:
+    """Where relative dataset folders are looked up: ComfyUI's input folder; outside ComfyUI the current folder."""
+    if comfy_available():
+        return _comfy("folder_paths").get_input_directory()
+    return os.getcwd()
+
+
+def lora_save_folder() -> str:
+    """Where SyncAV Save LoRA writes: ``models/syncav_lora``."""
+    return os.path.join(models_directory(), LORA_FOLDER)
+
+
+def lora_train_folder() -> str:
+    """Where the DPO trainer writes its LoRA: ``output/syncav_lora``."""
+    return os.path.join(output_directory(), LORA_FOLDER)
+
+
+def lora_folders() -> list[str]:
+    """Folders searched for SyncAV LoRAs, in order: models/syncav_lora, output/syncav_lora (plus any folder an
+    extra_model_paths.yaml added under the name ``syncav_lora``). Inside ComfyUI they are registered with
+    folder_paths (safetensors only), so other nodes and the file list see them too."""
+    wanted = [lora_save_folder(), lora_train_folder()]
+    if not comfy_available():
+        return wanted
+    folder_paths = _comfy("folder_paths")
+    paths, _ = folder_paths.folder_names_and_paths.get(LORA_FOLDER, ([], set()))
+    paths = list(paths)
+    for folder in wanted:
+        if folder not in paths:
+            paths.append(folder)
+    folder_paths.folder_names_and_paths[LORA_FOLDER] = (paths, set(LORA_EXTENSIONS))
+    return paths
+
+
+def lora_names() -> list[str]:
+    """LoRA files in ``lora_folders()`` (relative names, sorted; a name in two folders is listed once)."""
+    folders = lora_folders()
+    if comfy_available():
+        return list(_comfy("folder_paths").get_filename_list(LORA_FOLDER))
+    names = set()
+    for folder in folders:
+        if os.path.isdir(folder):
+            for root, _, files in os.walk(folder):
+                for name in files:
+                    if os.path.splitext(name)[1] in LORA_EXTENSIONS:
+                        names.add(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def lora_path(name: str) -> Optional[str]:
+    """Full path of a file listed by ``lora_names`` (the first folder that has it), None if none has it."""
+    folders = lora_folders()
+    if comfy_available():
+        return _comfy("folder_paths").get_full_path(LORA_FOLDER, name)
+    for folder in folders:
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ LoRA and training
+
+def patch_with_lora(patcher, lora_tensors, strength_video: float, strength_audio: float):
+    """A new MODEL: ``patcher`` with a LoRA (``{comfy key: tensor}``, already checked to fit) at per-tower strengths.
+
+    Inside ComfyUI: ``patcher.clone()`` with ``add_patches`` per tower (``comfy.lora.load_lora`` with the joint
+    model's key map); ComfyUI patches the weights when the model is loaded for sampling and restores them after.
+    Outside: a StandInPatcher around a deep copy of the joint model with the LoRA merged into its weights. Either
+    way the input MODEL is untouched, and a tower at strength 0 gets no patch at all (exactly the base output).
+    """
+    from ..model.lora import apply_lora, comfy_lora_key_map, split_by_tower
+
+    joint = patcher.model.diffusion_model
+    strengths = {"video": float(strength_video), "audio": float(strength_audio)}
+    if comfy_available() and not isinstance(patcher, StandInPatcher):
+        comfy_lora = _comfy("comfy.lora")
+        key_map = comfy_lora_key_map(joint)
+        patched = patcher.clone()
+        for tower, tensors in split_by_tower(lora_tensors).items():
+            if tensors and strengths[tower] != 0.0:
+                patched.add_patches(comfy_lora.load_lora(tensors, key_map), strengths[tower])
+        return patched
+    import copy
+
+    with torch.inference_mode(False), torch.no_grad():
+        merged = copy.deepcopy(joint)
+        apply_lora(merged, lora_tensors, strengths["video"], strengths["audio"])
+    return StandInPatcher(SyncAVModel(merged), patcher.load_device, patcher.offload_device)
+
+
+def trainable_copy(patcher) -> nn.Module:
+    """A deep copy of the joint model inside ``patcher`` with the weights this MODEL samples with (inside ComfyUI
+    it is loaded first, fully, so LoRA patches it carries are in the weights), made outside inference mode with
+    every tensor a normal one (trainable), on the load device. The MODEL itself is never changed."""
+    import copy
+
+    if comfy_available() and not isinstance(patcher, StandInPatcher):
+        _comfy("comfy.model_management").load_models_gpu([patcher], force_full_load=True)
+    device = torch.device(patcher.load_device)
+    with torch.inference_mode(False), torch.no_grad():
+        model = copy.deepcopy(patcher.model.diffusion_model)
+        for module in model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.is_inference():
+                    setattr(module, name, nn.Parameter(param.clone(), requires_grad=param.requires_grad))
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer.is_inference():
+                    module._buffers[name] = buffer.clone()
+        model = model.to(device)
+    return model
+
