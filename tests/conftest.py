@@ -21,3 +21,18 @@ def reference_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Micro models gain nothing from threads, and on a busy machine OpenMP barriers turn milliseconds into seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    from comfyui_syncav.model.text_tiny import TinyTextEncoder
+    return TinyTextEncoder()

@@ -25,12 +25,7 @@ from comfyui_syncav.train.dpo_training import DPOTrainingConfig, train_dpo
 from comfyui_syncav.train.flow_loss import AVBatch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,32 +5,16 @@ import math
 import pytest
 import torch
 
-from comfyui_syncav.model import JointConfig, JointModel, TowerConfig
+from comfyui_syncav.model import JointModel
 from comfyui_syncav.model.lora import LoraSpec, add_lora, disabled_adapters, lora_layers
 from comfyui_syncav.train.dpo_loss import (DEFAULT_BETA, DPOConfig, PreferenceBatch, av_dpo_loss, dpo_loss,
                                            dpo_loss_fn, draw_pair_noise, paired_errors)
 from comfyui_syncav.train.flow_loss import AVBatch
 from comfyui_syncav.train.loop import TrainConfig, train
+from micro_models import micro_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Micro models gain nothing from threads, and on a busy machine OpenMP barriers turn milliseconds into seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def micro_model(prediction="x0") -> JointModel:
-    common = dict(dim=16, ffn_dim=32, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
-                  audio_embed_kernel=3)
-    cfg = JointConfig(video=TowerConfig(modality="video", in_channels=4, out_channels=4, patch_size=(1, 2, 2),
-                                        **common),
-                      audio=TowerConfig(modality="audio", in_channels=3, out_channels=3, patch_size=(1,), **common),
-                      prediction=prediction)
-    torch.manual_seed(0)
-    return JointModel(cfg)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair(batch: int = 4, seed: int = 7) -> tuple[AVBatch, AVBatch]:

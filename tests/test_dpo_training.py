@@ -1,6 +1,5 @@
 """The SyncDPO trainer (train/dpo_training.py) on a micro joint model with the embedded codecs and BounceBench clips."""
 
-import dataclasses
 import json
 import random
 import re
@@ -8,47 +7,21 @@ import re
 import pytest
 import torch
 
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
-from comfyui_syncav.model.joint import JointModel
 from comfyui_syncav.model.lora import (KEY_PREFIX, LoraSpec, check_lora_fits, load_lora, lora_layers,
                                        lora_state_dict)
-from comfyui_syncav.model.pipeline import AVPipeline, embedded_config
 from comfyui_syncav.model.safetensors_io import load_tensors, read_header
-from comfyui_syncav.model.text_tiny import TinyTextEncoder
 from comfyui_syncav.train.curriculum import DEFAULT_CURRICULUM
 from comfyui_syncav.train.dpo_training import (CURVES_FILE, HISTORY_FILE, LORA_FILE, DPOTrainingConfig,
                                                PreferencePairs, train_dpo)
 from comfyui_syncav.train.embedded_training import BounceBatches
 from comfyui_syncav.train.loop import CHECKPOINT_NAME
 from comfyui_syncav.train.temporal_negatives import RULES
+from micro_models import micro_pipeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Micro models gain nothing from threads, and on a busy machine OpenMP barriers turn milliseconds into seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    return TinyTextEncoder()
-
-
-def micro_pipeline(text_encoder) -> AVPipeline:
-    """The embedded codecs and text encoder around a joint model of width 16 (same latent and text widths)."""
-    video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
-    config = embedded_config(video_codec, audio_codec)
-    small = dict(dim=16, ffn_dim=32, num_heads=2, num_layers=2, freq_dim=16)
-    config = config.replace(video=dataclasses.replace(config.video, **small),
-                            audio=dataclasses.replace(config.audio, **small))
-    torch.manual_seed(0)
-    return AVPipeline(model=JointModel(config), video_codec=video_codec, audio_codec=audio_codec,
-                      text_encoder=text_encoder, name="micro")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**changes) -> DPOTrainingConfig:

@@ -5,31 +5,15 @@ import re
 import pytest
 import torch
 
-from comfyui_syncav.model import JointConfig, JointModel, TowerConfig
+from comfyui_syncav.model import JointConfig, JointModel
 from comfyui_syncav.model.lora import (LoraSpec, add_lora, apply_lora, comfy_lora_key_map, disabled_adapters,
                                        load_lora, lora_layers, lora_state_dict, save_lora, split_by_tower)
 from comfyui_syncav.model.safetensors_io import CheckpointError, save_tensors_atomic
 from comfyui_syncav.nodes.comfy_bridge import SyncAVModel
+from micro_models import micro_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Micro models gain nothing from threads, and on a busy machine OpenMP barriers turn milliseconds into seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def micro_model(dim=16, name="micro") -> JointModel:
-    common = dict(dim=dim, ffn_dim=2 * dim, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
-                  audio_embed_kernel=3)
-    cfg = JointConfig(video=TowerConfig(modality="video", in_channels=4, out_channels=4, patch_size=(1, 2, 2),
-                                        **common),
-                      audio=TowerConfig(modality="audio", in_channels=3, out_channels=3, patch_size=(1,), **common),
-                      name=name)
-    torch.manual_seed(0)
-    return JointModel(cfg)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs(batch=2):

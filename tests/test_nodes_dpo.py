@@ -26,12 +26,7 @@ from comfyui_syncav.train.loop import CHECKPOINT_NAME
 from comfyui_syncav.train.temporal_negatives import RULES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

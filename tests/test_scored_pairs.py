@@ -8,40 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
-from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.pipeline import AVPipeline, embedded_config
 from comfyui_syncav.model.safetensors_io import read_header
-from comfyui_syncav.model.text_tiny import TinyTextEncoder
 from comfyui_syncav.train.bouncebench import make_clips, split_seeds
 from comfyui_syncav.train.dpo_loss import DPOConfig, PreferenceBatch, av_dpo_loss
 from comfyui_syncav.train.scored_pairs import (CACHE_FILE, ScoredPairsConfig, ScoreWeights, build_scored_pairs,
                                                caption_balls, score_samples)
+from micro_models import micro_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    return TinyTextEncoder()
-
-
-def micro_pipeline(text_encoder) -> AVPipeline:
-    """The embedded codecs and text encoder around a joint model of width 16 (as tests/test_dpo_training.py)."""
-    video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
-    config = embedded_config(video_codec, audio_codec)
-    small = dict(dim=16, ffn_dim=32, num_heads=2, num_layers=2, freq_dim=16)
-    config = config.replace(video=dataclasses.replace(config.video, **small),
-                            audio=dataclasses.replace(config.audio, **small))
-    torch.manual_seed(0)
-    return AVPipeline(model=JointModel(config), video_codec=video_codec, audio_codec=audio_codec,
-                      text_encoder=text_encoder, name="micro")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROMPTS = [clip.caption for clip in make_clips(split_seeds("train", 3))]

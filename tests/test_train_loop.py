@@ -3,22 +3,11 @@
 import pytest
 import torch
 
-from comfyui_syncav.model import JointConfig, JointModel, TowerConfig
 from comfyui_syncav.model.safetensors_io import CheckpointError, save_tensors_atomic
 from comfyui_syncav.train.flow_loss import (AVBatch, FlowLossConfig, av_flow_loss, flow_matching_error,
                                             sample_sigmas, task_rows)
 from comfyui_syncav.train.loop import CHECKPOINT_NAME, TrainConfig, learning_rate, train
-
-
-def micro_model(prediction="x0") -> JointModel:
-    common = dict(dim=16, ffn_dim=32, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
-                  audio_embed_kernel=3)
-    cfg = JointConfig(video=TowerConfig(modality="video", in_channels=4, out_channels=4, patch_size=(1, 2, 2),
-                                        **common),
-                      audio=TowerConfig(modality="audio", in_channels=3, out_channels=3, patch_size=(1,), **common),
-                      prediction=prediction)
-    torch.manual_seed(0)
-    return JointModel(cfg)
+from micro_models import micro_model
 
 
 def random_batch(step: int, generator: torch.Generator, batch: int = 5) -> AVBatch:
