@@ -10,7 +10,6 @@ Last line: ``RESULT <row>_f1=... <row>_margin=... ...``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from comfyui_syncav.model.sync_cfg import SyncCFGGuidance

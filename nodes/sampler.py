@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from ..model.generate import MAX_SEED, initial_noise
 from ..model.joint import JointModel
 from ..model.sync_cfg import SyncCFGGuidance
