@@ -47,6 +47,8 @@ def main() -> None:
     pipeline = build_embedded_default()
     if args.weights:
         pipeline.model = load_joint_model(args.weights)
+    if args.json_dir:
+        Path(args.json_dir).mkdir(parents=True, exist_ok=True)
     results = {}
     for name in args.rows.split(","):
         text, sync, interval = ROWS[name]

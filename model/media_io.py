@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic_files import atomic_path
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -31,11 +31,7 @@ def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float, wavefor
     pad_h, pad_w = pixels.shape[1] % 2, pixels.shape[2] % 2
     if pad_h or pad_w:
         pixels = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with av.open(tmp, mode="w", format="mp4") as container:
             video = container.add_stream("libx264", rate=_fps_fraction(fps))
             video.width, video.height = pixels.shape[2], pixels.shape[1]
@@ -65,11 +61,6 @@ def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float, wavefor
                         container.mux(packet)
                 for packet in audio.encode():
                     container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def probe_mp4(path: str | os.PathLike) -> dict:

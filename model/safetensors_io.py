@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .atomic_files import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -52,14 +53,5 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLik
                         metadata: dict[str, str] | None = None) -> None:
     """Write to a temporary file beside ``path`` and rename it over: an interrupted write never leaves a
     half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

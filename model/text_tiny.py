@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import unicodedata
 import zlib
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .atomic_files import atomic_path
 from .config import PRESETS, TINY_TEXT_DIM
 from .text import EncodedText, TextEncoder
 
@@ -172,15 +172,8 @@ class TinyTextEncoder(TextEncoder):
         path = os.fspath(path)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.network.state_dict().items()}
         metadata = {"format": _FILE_FORMAT, "config": json.dumps(self.hyperparameters, sort_keys=True)}
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_path(path) as temporary:
             save_file(tensors, temporary, metadata=metadata)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
 
     def load(self, path: str | os.PathLike) -> None:
         """Load weights saved by ``save``; the file's hyperparameters must match this encoder's."""

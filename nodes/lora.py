@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import uuid
 
+from ..model.atomic_files import atomic_path
 from ..model.lora import check_lora_fits, load_lora
 from ..model.safetensors_io import CheckpointError
 from . import comfy_bridge
@@ -32,17 +32,8 @@ def check_file_name(name, what: str) -> str:
 
 def copy_atomic(source: str, target: str) -> None:
     """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written file)."""
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    # a plain new file (permissions from the umask, like any other output), hidden until renamed
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_lora(path: str, what: str):

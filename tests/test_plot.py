@@ -44,3 +44,20 @@ def test_curves_are_drawn_and_written_losslessly(tmp_path):
 def test_empty_or_non_positive_series_give_a_blank_canvas():
     image = render_curves({"nothing": [(0, 0.0), (1, -1.0)]}, width_px=50, height_px=40)
     assert image.shape == (40, 50, 3) and np.all(image == 255)
+
+
+def test_atomic_writes_publish_with_plain_permissions_and_leave_nothing_on_failure(tmp_path):
+    import os
+
+    import pytest
+
+    from comfyui_syncav.model.atomic_files import atomic_path, default_file_mode, write_text_atomic
+
+    write_text_atomic(tmp_path / "a.txt", "one")
+    assert (tmp_path / "a.txt").read_text() == "one"
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == default_file_mode()   # not mkstemp's 0600
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("interrupted")
+    assert (tmp_path / "a.txt").read_text() == "one" and os.listdir(tmp_path) == ["a.txt"]

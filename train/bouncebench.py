@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
+
+from ..model.atomic_files import write_text_atomic
 
 __all__ = [
     "BallClass", "BALL_CLASSES", "BounceBenchConfig", "STANDARD", "VARIANTS", "SPLITS", "split_seeds",
@@ -655,17 +656,6 @@ class BounceClipFiles(NamedTuple):
     ground_truth_path: Path     # .json, BounceClip.ground_truth()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def write_dataset(out_dir: str | os.PathLike, split: str, count: int, config: BounceBenchConfig = STANDARD,
                   start: int = 0, progress: bool = True) -> list[BounceClipFiles]:
@@ -685,7 +675,7 @@ def write_dataset(out_dir: str | os.PathLike, split: str, count: int, config: Bo
         stem = out_dir / f"{config.name}_{split}_{seed:010d}"
         files = BounceClipFiles(stem.with_suffix(".mp4"), stem.with_suffix(".txt"), stem.with_suffix(".json"))
         write_mp4(files.video_path, clip.frames, clip.fps, clip.waveform, clip.sample_rate_hz)
-        _write_text_atomic(files.caption_path, clip.caption)
-        _write_text_atomic(files.ground_truth_path, json.dumps(clip.ground_truth(), indent=1))
+        write_text_atomic(files.caption_path, clip.caption)
+        write_text_atomic(files.ground_truth_path, json.dumps(clip.ground_truth(), indent=1))
         written.append(files)
     return written

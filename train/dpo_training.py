@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model.atomic_files import write_text_atomic
 from ..model.lora import LoraSpec, add_lora, lora_layers, save_lora
 from ..model.safetensors_io import read_header
 from .curriculum import DEFAULT_CURRICULUM, MODES, Curriculum
@@ -276,11 +277,6 @@ class DPOTrainingResult:
     state: TrainState              # steps done (in total, over resumed runs), averaged history, seconds
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def _prepare_lora(model: nn.Module, spec: LoraSpec, seed: int) -> None:
     """Give ``model`` adapters of ``spec`` (base frozen). A model that already carries adapters of the same spec
@@ -343,7 +339,7 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
 
     def export(step: int, history: list[dict]) -> np.ndarray:
         save_lora(model, lora_path, {**meta, "step": str(step)})
-        _write_text_atomic(history_path, json.dumps(history))
+        write_text_atomic(history_path, json.dumps(history))
         curves = render_training_curves(history, config.objective)
         write_png(curves_path, curves)
         return curves

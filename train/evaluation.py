@@ -24,13 +24,13 @@ import itertools
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..model.atomic_files import write_text_atomic
 from .bouncebench import BALL_CLASSES, MAX_PARTIAL_HZ, VARIANTS, BounceClip, make_clips, split_seeds
 from .motion import as_frames, track_blobs
 from .onsets import as_waveform, detect_onsets
@@ -530,13 +530,5 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     if path.parent and not path.parent.is_dir():
         raise ValueError(f"json path: folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
     return path

@@ -10,9 +10,10 @@ import math
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
+
+from ..model.atomic_files import atomic_path
 
 SERIES_COLOURS_RGB = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
                       (140, 86, 75)]
@@ -74,8 +75,5 @@ def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
 
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(png)
