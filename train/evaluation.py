@@ -32,7 +32,7 @@ import torch
 
 from ..model.atomic_files import write_text_atomic
 from .bouncebench import BALL_CLASSES, MAX_PARTIAL_HZ, VARIANTS, BounceClip, make_clips, split_seeds
-from .motion import as_frames, track_blobs
+from .motion import area_downsample, as_frames, track_blobs
 from .onsets import as_waveform, detect_onsets
 from .sync_metrics import (MIN_EVENT_SPACING_S, REPORT_KEYS, analyze_audio, analyze_video, chance_baseline,
                            score_pair, sync_report)
@@ -61,7 +61,6 @@ RESULT_KEYS = SUMMARY_KEYS + SETTINGS_KEYS + ("elapsed_s", "sync", "chance", "re
 # blob detector's core threshold, train/motion.py); components smaller than MIN_BLOB_AREA_PX are specks, not balls.
 FOREGROUND_DISTANCE = 0.15
 MIN_BLOB_AREA_PX = 2.0
-_ANALYSIS_MAX_SIDE_PX = 128
 
 # Audio proxies: the window read after each onset, the spectrum's resolution for the pitch, and the band compared
 # (the tones' band: every partial stays <= MAX_PARTIAL_HZ, the embedded codec keeps 0-2 kHz).
@@ -76,15 +75,6 @@ PITCH_SEARCH_HZ = (50.0, MAX_PARTIAL_HZ + 200.0)
 
 # ------------------------------------------------------------------------------------------------ video proxies
 
-def _area_downsample(video: np.ndarray) -> tuple[np.ndarray, int]:
-    """``[F, H, W, 3]`` area-averaged by an integer factor so the longer side is at most 128 px."""
-    factor = max(1, math.ceil(max(video.shape[1], video.shape[2]) / _ANALYSIS_MAX_SIDE_PX))
-    if factor == 1:
-        return video, 1
-    f, h, w, c = video.shape
-    h, w = h // factor * factor, w // factor * factor
-    return video[:, :h, :w].reshape(f, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4)), factor
-
 
 def count_blobs(frames, colours=None, *, foreground_distance: float = FOREGROUND_DISTANCE,
                 min_area_px: float = MIN_BLOB_AREA_PX, colour_angle_deg: float = 25.0) -> np.ndarray:
@@ -98,7 +88,7 @@ def count_blobs(frames, colours=None, *, foreground_distance: float = FOREGROUND
     colours (None or empty) every foreground pixel counts, whatever its colour. Components smaller than
     ``min_area_px`` pixels (of the input frames) are specks, not blobs.
     """
-    video, factor = _area_downsample(as_frames(frames))
+    video, factor = area_downsample(as_frames(frames))
     f, h, w, _ = video.shape
     background = np.median(video.reshape(-1, 3), axis=0)
     offset = video - background

@@ -105,7 +105,7 @@ class BlobTracks:
     background: np.ndarray
 
 
-def _downsample(video: np.ndarray) -> tuple[np.ndarray, int]:
+def area_downsample(video: np.ndarray) -> tuple[np.ndarray, int]:
     """Area-average ``[F, H, W, 3]`` by an integer factor so the longer side is at most the analysis size."""
     factor = max(1, math.ceil(max(video.shape[1], video.shape[2]) / _ANALYSIS_MAX_SIDE_PX))
     if factor == 1:
@@ -133,7 +133,7 @@ def track_blobs(frames, *, background_tolerance: float = 0.1, min_background_fra
         frames.
     """
     full = as_frames(frames)
-    video, factor = _downsample(full)
+    video, factor = area_downsample(full)
     f, h, w, _ = video.shape
     pixels = video.reshape(-1, 3)
     background = np.median(pixels, axis=0)
