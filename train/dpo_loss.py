@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.lora import disabled_adapters
-from .flow_loss import AVBatch, FlowLossConfig, flow_matching_error, sample_sigmas, task_rows
+from .flow_loss import AVBatch, FlowLossConfig, flow_matching_error, sample_task_sigmas, task_rows
 
 # Default betas per error convention. Diffusion-DPO used beta = 5000 (2000-5000) on the epsilon MSE, a mean over
 # elements. For one x0 error d at noise level s: eps-MSE = ((1-s)/s)^2 d^2, velocity-MSE = d^2/s^2, x0-MSE = d^2
@@ -154,14 +154,8 @@ def draw_pair_noise(winner: AVBatch, cfg: DPOConfig, generator: torch.Generator)
     """One noise level per modality per row and one noise per row; rows laid out [joint | audio-driven video |
     video-driven audio] (``flow_loss.task_rows``), the driving stream of a driven row at sigma 0."""
     b = winner.video.shape[0]
-    n_joint, n_video_task, _ = task_rows(b, cfg.driven_fraction)
-    sigma_cfg = cfg.sigma_config()
-    sigma_video = sample_sigmas(b, sigma_cfg, generator)
-    sigma_audio = sample_sigmas(b, sigma_cfg, generator)
-    shared = torch.rand(b, generator=generator) < cfg.shared_sigma_fraction
-    sigma_audio = torch.where(shared, sigma_video, sigma_audio)
-    sigma_audio[n_joint:n_joint + n_video_task] = 0.0
-    sigma_video[n_joint + n_video_task:] = 0.0
+    sigma_video, sigma_audio = sample_task_sigmas(b, cfg.sigma_config(), cfg.shared_sigma_fraction,
+                                                  cfg.driven_fraction, generator)
     noise_video = torch.randn(winner.video.shape, generator=generator)
     noise_audio = torch.randn(winner.audio.shape, generator=generator)
     device = winner.video.device

@@ -61,6 +61,21 @@ def sample_sigmas(batch: int, cfg: FlowLossConfig, generator: torch.Generator) -
     return cfg.shift * s / (1 + (cfg.shift - 1) * s)
 
 
+def sample_task_sigmas(batch: int, cfg: FlowLossConfig, shared_sigma_fraction: float, driven_fraction: float,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_video [B], sigma_audio [B]) for rows [joint | audio-driven video | video-driven audio]
+    (``task_rows``): a share of the rows gets one level for both streams, and the driving stream of a driven
+    row is clean (sigma 0)."""
+    n_joint, n_video_task, _ = task_rows(batch, driven_fraction)
+    sigma_video = sample_sigmas(batch, cfg, generator)
+    sigma_audio = sample_sigmas(batch, cfg, generator)
+    shared = torch.rand(batch, generator=generator) < shared_sigma_fraction
+    sigma_audio = torch.where(shared, sigma_video, sigma_audio)
+    sigma_audio[n_joint:n_joint + n_video_task] = 0.0
+    sigma_video[n_joint + n_video_task:] = 0.0
+    return sigma_video, sigma_audio
+
+
 def task_rows(batch: int, driven_fraction: float) -> tuple[int, int, int]:
     """Rows per task (joint, audio-driven video, video-driven audio); the driven tasks get half the share each."""
     driven = round(batch * driven_fraction)
@@ -90,13 +105,7 @@ def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, 
     device = batch.video.device
     n_joint, n_video_task, n_audio_task = task_rows(b, cfg.driven_fraction)
 
-    sigma_video = sample_sigmas(b, cfg, generator)
-    sigma_audio = sample_sigmas(b, cfg, generator)
-    shared = torch.rand(b, generator=generator) < cfg.shared_sigma_fraction
-    sigma_audio = torch.where(shared, sigma_video, sigma_audio)
-    # Driven rows: the driving stream is clean (sigma 0). Rows: [joint | audio-driven video | video-driven audio].
-    sigma_audio[n_joint:n_joint + n_video_task] = 0.0
-    sigma_video[n_joint + n_video_task:] = 0.0
+    sigma_video, sigma_audio = sample_task_sigmas(b, cfg, cfg.shared_sigma_fraction, cfg.driven_fraction, generator)
 
     noise_video = torch.randn(batch.video.shape, generator=generator).to(device, batch.video.dtype)
     noise_audio = torch.randn(batch.audio.shape, generator=generator).to(device, batch.audio.dtype)
