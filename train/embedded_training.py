@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class EmbeddedRecipe:
     batch_size: int = 32
     caption_dropout: float = 0.1          # rows trained with the empty prompt, so text CFG has an unconditional
+    data_start_step: int = 0              # a continued run starts here so it sees clips the first run did not
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=1e-3, warmup_steps=200,
                                                                    ema_decay=0.998, save_every=250, log_every=25))
     loss: FlowLossConfig = FlowLossConfig()
@@ -46,8 +47,10 @@ class BounceBatches:
     """make_batch for the loop: BounceBench clips -> codec latents + encoded captions (cached per caption)."""
 
     def __init__(self, batch_size: int, caption_dropout: float, text_encoder: TinyTextEncoder,
-                 video_codec: TinyVideoCodec, audio_codec: TinyAudioCodec, bench_config=STANDARD):
+                 video_codec: TinyVideoCodec, audio_codec: TinyAudioCodec, bench_config=STANDARD,
+                 data_start_step: int = 0):
         self.batch_size, self.caption_dropout = batch_size, caption_dropout
+        self.data_start_step = data_start_step
         self.text_encoder, self.video_codec, self.audio_codec = text_encoder, video_codec, audio_codec
         self.bench_config = bench_config
         self._captions: dict[str, torch.Tensor] = {}
@@ -62,7 +65,7 @@ class BounceBatches:
         return torch.stack([self._captions[c] for c in captions])
 
     def __call__(self, step: int, generator: torch.Generator) -> AVBatch:
-        seeds = split_seeds("train", self.batch_size, start=step * self.batch_size)
+        seeds = split_seeds("train", self.batch_size, start=(self.data_start_step + step) * self.batch_size)
         frames, waveform, captions = make_batch(seeds, self.bench_config)
         drop = torch.rand(self.batch_size, generator=generator) < self.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -91,7 +94,8 @@ def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = 
         torch.manual_seed(seed)
         model = JointModel(config)
     text_encoder = TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE) if EMBEDDED_TEXT_FILE.is_file() else TinyTextEncoder()
-    batches = BounceBatches(recipe.batch_size, recipe.caption_dropout, text_encoder, video_codec, audio_codec)
+    batches = BounceBatches(recipe.batch_size, recipe.caption_dropout, text_encoder, video_codec, audio_codec,
+                            data_start_step=recipe.data_start_step)
     loss = lambda m, batch, g: av_flow_loss(m, batch, g, recipe.loss)  # noqa: E731
     result = train(model, batches, loss, recipe.train, out_dir, resume=resume, progress=progress)
     if export:

@@ -1,0 +1,182 @@
+"""The DPO experiment: sync post-training of the embedded default, DPO vs SFT on matched steps, with ablations.
+
+Every run trains a LoRA on the embedded default (or --weights) with BounceBench train clips for the same number of
+steps, batch and learning rate, then generates the same BounceBench val clips with the same prompts and initial
+noise as the base model, with plain text CFG and (for the main runs) SyncCFG, and scores sync and quality.
+
+Runs (``--runs``, comma-separated):
+  base               no LoRA (evaluated only)
+  sft                LoRA fine-tuned on the real clips alone (the baseline the papers compare against)
+  dpo                DPO against temporal negatives, default coarse-to-subtle curriculum
+  dpo_sft            the same plus an SFT term on the winner (DPOConfig.sft_weight = 1)
+  dpo_nocurriculum   DPO, every rule mixed from step 0 (curriculum mode "none")
+  dpo_only_<family>  DPO with only that rule family (temporal_negatives.FAMILIES)
+
+Each finished run leaves ``<out>/<run>/result.json``; running the script again skips finished runs, so an
+interrupted experiment continues where it stopped. Prints a markdown table; last line ``RESULT ...`` with each
+run's plain-CFG margin and the DPO-minus-SFT differences.
+
+    python bench/dpo_experiment.py --out runs/dpo_experiment --steps 200 --clips 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
+from comfyui_syncav.train.temporal_negatives import FAMILIES
+
+MAIN_RUNS = ("base", "sft", "dpo")
+GUIDANCE = {  # name -> (text scale, sync scale)
+    "plain": (4.0, 1.0),
+    "sync2": (4.0, 2.0),
+}
+COLUMNS = ("event_f1", "chance_event_f1", "event_f1_margin", "median_offset_ms", "av_align",
+           "video_blob_count_ok", "video_colour_error", "video_radius_ratio", "audio_pitch_error_hz",
+           "audio_spectral_distance_db")
+# Quality proxies and whether larger is better (for the "no proxy degrades by more than 5 %" check).
+QUALITY = {"video_blob_count_ok": True, "video_colour_error": False, "video_radius_ratio": None,
+           "audio_pitch_error_hz": False, "audio_spectral_distance_db": False}
+KNOWN_RUNS = ("base", "sft", "dpo", "dpo_sft", "dpo_nocurriculum") + tuple(f"dpo_only_{f}" for f in FAMILIES)
+
+
+def training_config(run: str, args):
+    from comfyui_syncav.model.lora import LoraSpec
+    from comfyui_syncav.train.dpo_loss import DPOConfig
+    from comfyui_syncav.train.dpo_training import DPOTrainingConfig
+
+    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=LoraSpec(rank=args.rank),
+                  save_every=max(1, args.steps // 4), seed=args.seed)
+    if run == "sft":
+        return DPOTrainingConfig(objective="sft", **common)
+    if run == "dpo":
+        return DPOTrainingConfig(objective="dpo", **common)
+    if run == "dpo_sft":
+        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(sft_weight=1.0), **common)
+    if run == "dpo_nocurriculum":
+        return DPOTrainingConfig(objective="dpo", curriculum_mode="none", **common)
+    if run.startswith("dpo_only_"):
+        return DPOTrainingConfig(objective="dpo", families=(run[len("dpo_only_"):],), **common)
+    raise ValueError(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}")
+
+
+def fresh_pipeline(weights: str | None):
+    from comfyui_syncav.model.checkpoint import load_joint_model
+    from comfyui_syncav.model.pipeline import build_embedded_default
+
+    pipeline = build_embedded_default()
+    if weights:
+        pipeline.model = load_joint_model(weights)
+    return pipeline
+
+
+def run_one(run: str, args, out_dir: Path) -> dict:
+    from comfyui_syncav.model.lora import apply_lora, load_lora
+    from comfyui_syncav.train.dpo_training import train_dpo
+    from comfyui_syncav.train.evaluation import evaluate_bouncebench
+
+    result: dict = {"run": run}
+    if run != "base":
+        config = training_config(run, args)
+        started = time.perf_counter()
+        trained = train_dpo(fresh_pipeline(args.weights), out_dir, config, progress=not args.quiet)
+        result["train_seconds"] = time.perf_counter() - started   # of this invocation (a resumed run: the rest)
+        last = trained.state.history[-1] if trained.state.history else {}
+        result["last_logs"] = {k: v for k, v in last.items() if not k.startswith("rule/")}
+        result["lora"] = str(trained.lora_path)
+    pipeline = fresh_pipeline(args.weights)
+    if run != "base":
+        tensors, _ = load_lora(result["lora"])
+        apply_lora(pipeline.model, tensors)
+    rows = ("plain", "sync2") if (run in MAIN_RUNS or args.sync_all) else ("plain",)
+    for row in rows:
+        text, sync = GUIDANCE[row]
+        guidance = SyncCFGGuidance(text_scale_video=text, text_scale_audio=text, sync_scale_video=sync,
+                                   sync_scale_audio=sync)
+        scores = evaluate_bouncebench(pipeline, split="val", clips=args.clips, guidance=guidance,
+                                      steps=args.eval_steps, progress=False)
+        result[row] = {k: scores.get(k) for k in COLUMNS}
+        print(f"{run} {row}: margin {scores['event_f1_margin']:.3f} (F1 {scores['event_f1']:.3f}), one-ball frames "
+              f"{scores['video_blob_count_ok']:.3f}", flush=True)
+    return result
+
+
+def fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def quality_change(result: dict, base: dict, row: str) -> dict:
+    """Relative change of each quality proxy vs the base model, signed so that negative = worse."""
+    changes = {}
+    for key, larger_is_better in QUALITY.items():
+        a, b = base[row].get(key), result[row].get(key)
+        if larger_is_better is None or a in (None, 0) or b is None:
+            continue
+        change = (b - a) / abs(a)
+        changes[key] = change if larger_is_better else -change
+    return changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="experiment folder (one subfolder per run; reruns skip done runs)")
+    parser.add_argument("--runs", default="base,sft,dpo,dpo_nocurriculum," + ",".join(f"dpo_only_{f}" for f in FAMILIES))
+    parser.add_argument("--weights", default=None, help="base joint-model weights (default: the embedded default)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--eval-steps", type=int, default=25)
+    parser.add_argument("--sync-all", action="store_true", help="also evaluate SyncCFG for the ablation runs")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+
+    runs = [r for r in args.runs.split(",") if r]
+    for run in runs:
+        if run not in KNOWN_RUNS:
+            parser.error(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}")
+    out = Path(args.out)
+    results = {}
+    for run in runs:
+        done = out / run / "result.json"
+        if done.is_file():
+            results[run] = json.loads(done.read_text())
+            print(f"{run}: done earlier ({done})", flush=True)
+            continue
+        (out / run).mkdir(parents=True, exist_ok=True)
+        results[run] = run_one(run, args, out / run)
+        from comfyui_syncav.model.atomic_files import write_text_atomic
+        write_text_atomic(done, json.dumps(results[run], indent=1))
+
+    print()
+    print("| run | guidance | " + " | ".join(COLUMNS) + " | train s |")
+    print("|---" * (3 + len(COLUMNS)) + "|")
+    for run, result in results.items():
+        for row in GUIDANCE:
+            if row in result:
+                train_s = f"{result['train_seconds']:.0f}" if "train_seconds" in result and row == "plain" else ""
+                print(f"| {run} | {row} | " + " | ".join(fmt(result[row].get(k)) for k in COLUMNS) + f" | {train_s} |")
+    summary = {f"{run}_margin": r["plain"]["event_f1_margin"] for run, r in results.items()}
+    if "base" in results:
+        for run, r in results.items():
+            if run != "base":
+                worst = min(quality_change(r, results["base"], "plain").values(), default=0.0)
+                summary[f"{run}_worst_quality_change"] = worst
+    if "dpo" in results and "sft" in results:
+        for row in GUIDANCE:
+            if row in results["dpo"] and row in results["sft"]:
+                summary[f"dpo_minus_sft_margin_{row}"] = (results["dpo"][row]["event_f1_margin"]
+                                                          - results["sft"][row]["event_f1_margin"])
+                summary[f"dpo_minus_sft_offset_ms_{row}"] = (results["dpo"][row]["median_offset_ms"]
+                                                             - results["sft"][row]["median_offset_ms"])
+    print()
+    print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()
