@@ -1,5 +1,6 @@
 """Command line: ``python -m comfyui_syncav generate --prompt TEXT --seconds S --out clip.mp4``; also ``bouncebench``,
-``train-default`` and ``eval`` (sync and quality on BounceBench, a JSON report)."""
+``train-default``, ``eval`` (sync and quality on BounceBench, a JSON report), ``convert`` (a published .pth
+checkpoint to safetensors) and ``run`` (a workflow on a ComfyUI server, headless)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import logging
 import os
 import sys
 import time
+
+# Ovi variants the generate command loads (model/ovi_variants.py; kept literal so --help needs no torch import).
+OVI_VARIANT_KEYS = ("720x720_5s", "960x960_5s", "960x960_10s", "720x720_5s_fp8")
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -29,13 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m comfyui_syncav",
                                      description="Synchronized audio-video generation (ComfyUI-SyncAV).")
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate a clip with its soundtrack on the embedded default model")
+    gen = commands.add_parser("generate", help="generate a clip with its soundtrack (embedded default or Ovi)")
+    gen.add_argument("--model", default="embedded", choices=("embedded",) + OVI_VARIANT_KEYS,
+                     help="embedded: the model that ships with the package; an Ovi variant loads its files from "
+                          "--models-dir")
+    gen.add_argument("--models-dir", default=None,
+                     help="Ovi: a ComfyUI-style models folder (diffusion_models/, vae/, text_encoders/); default "
+                          "$SYNCAV_MODELS_DIR or ./models")
     gen.add_argument("--prompt", required=True, help="what the video shows")
     gen.add_argument("--audio-prompt", default=None, help="what it sounds like (default: the prompt)")
-    gen.add_argument("--negative", default="", help="negative prompt for both streams")
-    gen.add_argument("--seconds", type=float, default=2.0)
-    gen.add_argument("--width", type=int, default=32, help="pixels")
-    gen.add_argument("--height", type=int, default=32, help="pixels")
+    gen.add_argument("--speech", action="append", default=None, metavar="LINE",
+                     help="Ovi: a spoken line (repeat for several); becomes <S>LINE<E>")
+    gen.add_argument("--sound", default="", help="Ovi: the sound description (default: --audio-prompt)")
+    gen.add_argument("--negative", default=None,
+                     help="negative prompt for both streams (default: none; Ovi: its video and audio defaults)")
+    gen.add_argument("--seconds", type=float, default=None, help="default 2 (embedded) or the Ovi variant's length")
+    gen.add_argument("--width", type=int, default=None, help="pixels (default 32, or the Ovi variant's size)")
+    gen.add_argument("--height", type=int, default=None, help="pixels (default 32, or the Ovi variant's size)")
+    gen.add_argument("--blocks-on-gpu", type=int, default=None, metavar="N",
+                     help="block swap: keep only N fusion blocks on --device, the others in CPU memory, copied in "
+                          "per block (runs a model larger than the GPU, slower)")
     gen.add_argument("--out", required=True, help="output .mp4 (h264 + aac)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=25)
@@ -63,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--init", default=None, help="start from these weights (e.g. the shipped ones) instead of seed 0")
     tr.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1e-3)")
+    tr.add_argument("--data-start-step", type=int, default=0,
+                    help="first data step: a run continued with --init passes the steps already trained, so it "
+                         "sees new clips")
 
     ev = commands.add_parser("eval", help="evaluate sync and quality on a benchmark (writes a JSON report)")
     ev.add_argument("--bench", choices=("bouncebench",), default="bouncebench")
@@ -84,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lora_args(ev)
     ev.add_argument("--json", required=True, metavar="OUT", help="where to write the report (JSON)")
     ev.add_argument("--device", default="cpu")
+
+    conv = commands.add_parser("convert", help="convert a published .pth/.pt checkpoint (MMAudio VAE, BigVGAN, "
+                                               "Wan2.2 VAE) to .safetensors, without running code from the pickle")
+    conv.add_argument("input", metavar="IN.pth", help="the pickled checkpoint")
+    conv.add_argument("output", metavar="OUT.safetensors", help="where to write (atomically)")
+    conv.add_argument("--kind", choices=("auto", "mmaudio-vae", "bigvgan", "wan-vae"), default="auto",
+                      help="what the checkpoint holds (default: recognised from its keys)")
+
+    run = commands.add_parser("run", help="run a workflow (UI or API format JSON) on a ComfyUI server and download "
+                                          "its outputs")
+    run.add_argument("workflow", metavar="WORKFLOW.json")
+    run.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI server URL")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="set an input before queueing; NODE is an id or a title, VALUE is JSON or a plain string "
+                          "(repeatable), e.g. --set 4.seed=7")
+    run.add_argument("--out", default=".", help="folder for the downloaded outputs (server subfolders are kept)")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                     help="give up (and interrupt the prompt) after this long; default: wait as long as it takes")
     return parser
 
 
@@ -105,6 +144,24 @@ def _apply_lora_arg(pipeline, args) -> None:
                strength_audio=args.lora_strength_audio)
 
 
+def _build_ovi(args):
+    """The Ovi pipeline of --model from --models-dir, with UMT5 from its text_encoders folder."""
+    from .model.ovi_pipeline import OviTextEncoder, build_ovi_pipeline, default_models_dir, umt5_loader
+    from .model.ovi_variants import find_text_encoder_files, find_variant_files, folder_tree_finder, get_variant
+
+    variant = get_variant(args.model)
+    models_dir = args.models_dir or default_models_dir()
+    if not os.path.isdir(models_dir):
+        raise ValueError(f"--models-dir {models_dir}: no such folder (expected diffusion_models/, vae/, "
+                         "text_encoders/ inside)")
+    finder = folder_tree_finder(models_dir)
+    files = find_variant_files(variant, finder)
+    weights, config_dir = find_text_encoder_files(finder)
+    text_encoder = OviTextEncoder(umt5_loader(weights, config_dir, device=args.device), variant.prompt_style)
+    return build_ovi_pipeline(variant, files, device=args.device, codec_device=args.device,
+                              text_encoder=text_encoder, blocks_on_gpu=args.blocks_on_gpu)
+
+
 def _generate(args) -> int:
     import torch
 
@@ -114,16 +171,39 @@ def _generate(args) -> int:
     from .model.sync_cfg import SyncCFGGuidance
 
     started = time.perf_counter()
-    pipeline = build_embedded_default(device=args.device)
+    if args.model == "embedded":
+        if args.speech:
+            raise ValueError("--speech: the embedded default does not speak; spoken lines need an Ovi --model")
+        pipeline = build_embedded_default(device=args.device)
+        if args.blocks_on_gpu is not None:
+            from .model.block_swap import enable_block_swap
+
+            enable_block_swap(pipeline.model.cpu(), args.blocks_on_gpu, args.device)
+        seconds, width, height = 2.0, 32, 32
+        prompt, audio_prompt = args.prompt, (args.audio_prompt or args.sound or None)
+        video_negative = audio_negative = args.negative or ""
+    else:
+        from .model.ovi_prompt import build_ovi_prompt
+
+        pipeline = _build_ovi(args)
+        variant = pipeline.variant
+        seconds, width, height = variant.seconds, variant.width_px, variant.height_px
+        prompt = build_ovi_prompt(args.prompt, args.speech, args.sound or args.audio_prompt or "",
+                                  variant.prompt_style)
+        audio_prompt = prompt   # Ovi's towers read the same prompt
+        video_negative, audio_negative = (args.negative, args.negative) if args.negative is not None else \
+            pipeline.default_negatives
     _apply_lora_arg(pipeline, args)
     guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
                                sync_scale_video=args.sync_scale, sync_scale_audio=args.sync_scale,
                                sync_interval=args.sync_interval, slg_blocks=args.slg_blocks)
     with torch.inference_mode():
-        clip = generate_clip(pipeline, args.prompt, args.audio_prompt, seconds=args.seconds, height_px=args.height,
-                             width_px=args.width, seed=args.seed, steps=args.steps, solver=args.solver,
-                             shift=args.shift, guidance=guidance, video_negative=args.negative,
-                             audio_negative=args.negative, progress=True)
+        clip = generate_clip(pipeline, prompt, audio_prompt,
+                             seconds=args.seconds if args.seconds is not None else seconds,
+                             height_px=args.height if args.height is not None else height,
+                             width_px=args.width if args.width is not None else width, seed=args.seed,
+                             steps=args.steps, solver=args.solver, shift=args.shift, guidance=guidance,
+                             video_negative=video_negative, audio_negative=audio_negative, progress=True)
     write_mp4(args.out, clip.frames[0], clip.fps, clip.waveform[0], clip.sample_rate_hz)
     print(f"wrote {args.out}: {clip.frames.shape[1]} frames {clip.frames.shape[3]}x{clip.frames.shape[2]} at "
           f"{clip.fps:g} fps + {clip.sample_rate_hz} Hz audio, {clip.seconds:.2f} s "
@@ -146,7 +226,10 @@ def _train_default(args) -> int:
 
     from .train.embedded_training import EmbeddedRecipe, train_embedded_default
 
-    recipe = dataclasses.replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size)
+    recipe = dataclasses.replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
+                                 data_start_step=args.data_start_step)
+    if args.lr is not None:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, lr=args.lr))
     result = train_embedded_default(args.out, recipe, init_weights=args.init, resume=not args.no_resume)
     last = result.state.history[-1] if result.state.history else {}
     print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; last loss "
@@ -191,6 +274,21 @@ def _eval(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .model.convert_checkpoint import convert_checkpoint
+
+    report = convert_checkpoint(args.input, args.output, kind=args.kind)
+    notes = f" ({'; '.join(report.notes)})" if report.notes else ""
+    print(f"wrote {args.output}: {report.kind}, {report.num_tensors} tensors{notes}")
+    return 0
+
+
+def _run(args) -> int:
+    from .headless.runner import run_workflow
+
+    return run_workflow(args.workflow, args.server, args.overrides, out_dir=args.out, timeout_seconds=args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -203,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             return _train_default(args)
         if args.command == "eval":
             return _eval(args)
-    except ValueError as error:  # bad input: one clear line, no traceback
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "run":
+            return _run(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input or a missing file: one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 1

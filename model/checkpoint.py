@@ -13,6 +13,7 @@ import re
 import torch
 
 from .config import OVI_ROPE_SCALE, JointConfig, TowerConfig, get_preset
+from .fp8_ops import FP8_OPS, is_fp8, layer_weight_keys
 from .joint import JointModel
 from .safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
 
@@ -83,7 +84,12 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                      operations=None) -> JointModel:
     """Load a joint model from a safetensors file (Ovi's fusion checkpoint or one of ours).
 
-    dtype: the dtype of the weights in memory (None: as stored; fp8 storage is upcast to bf16).
+    dtype: the dtype of the weights in memory. None: as stored; for an fp8 file (float8 Linear / Conv weights, as
+        the public Ovi conversion stores them) those weights stay in fp8 and are cast per layer to the compute
+        dtype, bf16 (``model.compute_dtype``), and every other tensor is loaded in bf16. A dtype given: every
+        tensor is converted to it (fp8 weights upcast).
+    operations: the layer namespace (ComfyUI's ``comfy.ops.manual_cast`` inside ComfyUI). When None and fp8
+        storage is kept, the layers of model/fp8_ops.py, which cast their weights per call.
     config / preset: override what the file says or what its shapes imply.
     """
     path = os.fspath(path)
@@ -96,6 +102,10 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     if config is None:
         config = infer_config(shapes, num_heads, path)
 
+    stored = {v["dtype"] for v in header.values()}
+    keep_fp8 = dtype is None and bool(stored & _FP8)
+    if keep_fp8 and operations is None:
+        operations = FP8_OPS  # torch.nn layers cannot multiply an fp8 weight with a bf16 input
     with torch.device("meta"):
         model = JointModel(config, operations)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -103,12 +113,20 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise _key_mismatch_error(path, expected, shapes)
 
     if dtype is None:
-        stored = {v["dtype"] for v in header.values()}
         dtype = torch.bfloat16 if stored & _FP8 else (torch.bfloat16 if stored == {"BF16"} else
                                                       torch.float16 if stored == {"F16"} else torch.float32)
     state = load_tensors(path, device="cpu")
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    fp8_keys = layer_weight_keys(model) if keep_fp8 else set()
+
+    def converted(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_floating_point() or (key in fp8_keys and is_fp8(tensor.dtype)):
+            return tensor
+        return tensor.to(dtype)
+
+    state = {k: converted(k, v) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    if keep_fp8:
+        model.compute_dtype = torch.bfloat16
     return model.to(device).eval()
 
 

@@ -7,7 +7,8 @@ functions: importing the package never needs ComfyUI. When ComfyUI is not import
   as ``comfy.model_patcher.ModelPatcher``, no-op loading);
 * ``step_progress`` shows a tqdm bar (or nothing if tqdm is missing) instead of ComfyUI's ProgressBar;
 * ``operations`` is None (the library's torch.nn layers) instead of ``comfy.ops.manual_cast``;
-* ``diffusion_model_names`` lists nothing and ``diffusion_model_path`` only resolves existing paths.
+* ``diffusion_model_names`` lists nothing and ``diffusion_model_path`` only resolves existing paths;
+  ``find_model_file`` searches ``$SYNCAV_MODELS_DIR`` (default ``./models``).
 
 Set the environment variable ``SYNCAV_NO_COMFYUI=1`` to force the stand-ins even where ComfyUI is importable.
 """
@@ -68,11 +69,16 @@ def operations():
     return None
 
 
-def compute_dtype(weight_dtype: torch.dtype) -> Optional[torch.dtype]:
+def compute_dtype(weight_dtype: torch.dtype, supported_dtypes: Optional[list] = None) -> Optional[torch.dtype]:
     """The dtype to compute in when the load device cannot run ``weight_dtype`` natively (e.g. bf16 weights on a
-    CPU or an old GPU), None when it can. Outside ComfyUI: None (compute in the weight dtype)."""
+    CPU or an old GPU, or fp8 weights anywhere), None when it can. ``supported_dtypes``: the compute dtypes the model
+    takes, preferred first (ComfyUI's default prefers fp16; Ovi models pass bf16 first, the dtype they were trained
+    and run in). Outside ComfyUI: None (compute in the weight dtype)."""
     if comfy_available():
-        return _comfy("comfy.model_management").unet_manual_cast(weight_dtype, load_device())
+        management = _comfy("comfy.model_management")
+        if supported_dtypes is None:
+            return management.unet_manual_cast(weight_dtype, load_device())
+        return management.unet_manual_cast(weight_dtype, load_device(), supported_dtypes=list(supported_dtypes))
     return None
 
 
@@ -209,6 +215,50 @@ def diffusion_model_path(name: str) -> Optional[str]:
         if found:
             return found
     return name if os.path.isfile(name) else None
+
+
+def find_model_file(folders, names) -> Optional[str]:
+    """Full path of the first of ``names`` found in ComfyUI's model folders ``folders`` (e.g. ``("vae",)``), in
+    their subfolders too, or None. Inside ComfyUI this follows folder_paths (extra_model_paths.yaml included); a
+    folder name ComfyUI does not know (``mmaudio``) is looked up as ``models/<name>``. Outside ComfyUI:
+    ``$SYNCAV_MODELS_DIR/<folder>`` (default ``./models``)."""
+    from ..model.ovi_variants import folder_tree_finder
+
+    if not comfy_available():
+        return folder_tree_finder(models_directory())(folders, names)
+    folder_paths = _comfy("folder_paths")
+    for folder in folders:
+        try:
+            folder_paths.get_folder_paths(folder)
+        except KeyError:
+            found = folder_tree_finder(folder_paths.models_dir)([folder], names)
+            if found:
+                return found
+            continue
+        for name in names:
+            found = folder_paths.get_full_path(folder, name)
+            if found:
+                return found
+        listed = folder_paths.get_filename_list(folder)
+        for name in names:
+            for relative in listed:
+                if os.path.basename(relative) == name:
+                    return folder_paths.get_full_path(folder, relative)
+    return None
+
+
+def model_folder_paths(folders) -> list[str]:
+    """The directories ``find_model_file`` searches for ``folders`` (for error messages)."""
+    if not comfy_available():
+        return [os.path.join(models_directory(), folder) for folder in folders]
+    folder_paths = _comfy("folder_paths")
+    paths = []
+    for folder in folders:
+        try:
+            paths += folder_paths.get_folder_paths(folder)
+        except KeyError:
+            paths.append(os.path.join(folder_paths.models_dir, folder))
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------ folders

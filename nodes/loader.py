@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -11,11 +12,19 @@ from ..model.checkpoint import load_joint_model
 from ..model.codec_tiny import TinyAudioCodec, TinyVideoCodec
 from ..model.config import TINY_TEXT_DIM, get_preset
 from ..model.joint import JointModel
+from ..model.ovi_pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, umt5_loader
+from ..model.ovi_variants import PRESET_LABELS, VARIANTS_BY_LABEL, OviVariant, find_text_encoder_files, \
+    find_variant_files, recognise_variant, uses_ovi_codecs
 from ..model.pipeline import AVPipeline, build_embedded_default, embedded_text_encoder
 from ..model.safetensors_io import CheckpointError, read_header
 from . import comfy_bridge
 
+log = logging.getLogger(__name__)
+
 EMBEDDED_DEFAULT = "embedded default"
+OVI_PRESETS = PRESET_LABELS   # "Ovi 720x720 5s", "Ovi 960x960 5s", "Ovi 960x960 10s", "Ovi 720x720 5s fp8"
+# Ovi runs in bf16 (its reference autocasts to bf16); where ComfyUI must cast (fp8 weights) prefer it over fp16.
+OVI_COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Pixel sizes the embedded default takes: a multiple of the codec's spatial stride times the model's patch size.
@@ -84,9 +93,29 @@ def _check_embedded_codecs(path: str, name: str) -> None:
             wrong.append(f"{what} {got} (the embedded codecs / text encoder use {expected})")
     if wrong:
         raise CheckpointError(
-            f"checkpoint: {name!r} was trained with other codecs or text encoder: {'; '.join(wrong)}. Its codecs "
-            "(e.g. Ovi's Wan2.2 VAE / MMAudio and UMT5 text encoder) are not supported by this loader yet; it "
-            "loads models made for the embedded codecs (the embedded default and models trained from it).")
+            f"checkpoint: {name!r} was trained with other codecs or text encoder: {'; '.join(wrong)}. This loader "
+            "takes models made for the embedded codecs and Ovi models (48 video / 20 audio latent channels, "
+            "4096-wide UMT5 text); other codecs are not supported by this loader yet.")
+
+
+def ovi_text_encoder(variant: OviVariant) -> OviTextEncoder:
+    """UMT5-XXL through transformers from models/text_encoders, loaded at its first use only: inside ComfyUI a
+    CLIP input on SyncAV Text Encode usually encodes instead, and then nothing is loaded."""
+    def load():
+        weights, config_dir = find_text_encoder_files(comfy_bridge.find_model_file, comfy_bridge.model_folder_paths)
+        return umt5_loader(weights, config_dir, device="cpu")()
+
+    return OviTextEncoder(load, variant.prompt_style)
+
+
+def load_ovi_pipeline(variant: OviVariant, weight_dtype, device, ops, model_path: str | None = None,
+                      name: str | None = None) -> OviPipeline:
+    """An Ovi preset (model_path None: the variant's own file) or an Ovi-codec file chosen from the list."""
+    files = find_variant_files(variant, comfy_bridge.find_model_file, model_path=model_path,
+                               describe=comfy_bridge.model_folder_paths)
+    return build_ovi_pipeline(variant, files, device=device, dtype=weight_dtype, operations=ops,
+                              codec_device=comfy_bridge.load_device(), text_encoder=ovi_text_encoder(variant),
+                              name=name)
 
 
 def load_pipeline(checkpoint: str, dtype: str) -> AVPipeline:
@@ -101,6 +130,8 @@ def load_pipeline(checkpoint: str, dtype: str) -> AVPipeline:
     with torch.inference_mode(False), torch.no_grad():
         if checkpoint == EMBEDDED_DEFAULT:
             pipeline = build_embedded_default(device=device, dtype=weight_dtype or torch.float32, operations=ops)
+        elif checkpoint in VARIANTS_BY_LABEL:
+            pipeline = load_ovi_pipeline(VARIANTS_BY_LABEL[checkpoint], weight_dtype, device, ops)
         else:
             path = comfy_bridge.diffusion_model_path(checkpoint)
             if path is None:
@@ -108,16 +139,26 @@ def load_pipeline(checkpoint: str, dtype: str) -> AVPipeline:
                 where = f" ({', '.join(folders)})" if folders else ""
                 raise FileNotFoundError(f"checkpoint: {checkpoint!r} not found in models/diffusion_models{where}; "
                                         f"put the .safetensors file there or choose {EMBEDDED_DEFAULT!r}")
-            _check_embedded_codecs(path, checkpoint)
-            model = load_joint_model(path, device=device, dtype=weight_dtype, operations=ops)
-            pipeline = AVPipeline(model=model, video_codec=TinyVideoCodec(), audio_codec=TinyAudioCodec(),
-                                  text_encoder=embedded_text_encoder(device="cpu"),
-                                  name=os.path.splitext(os.path.basename(checkpoint))[0])
+            header, _ = read_header(path)
+            name = os.path.splitext(os.path.basename(checkpoint))[0]
+            if uses_ovi_codecs(header):
+                variant, reason = recognise_variant(checkpoint, header)
+                log.info("SyncAV Loader: %s is an Ovi model, taken as %s (%s)", checkpoint, variant.label, reason)
+                pipeline = load_ovi_pipeline(variant, weight_dtype, device, ops, model_path=path, name=name)
+            else:
+                _check_embedded_codecs(path, checkpoint)
+                model = load_joint_model(path, device=device, dtype=weight_dtype, operations=ops)
+                pipeline = AVPipeline(model=model, video_codec=TinyVideoCodec(), audio_codec=TinyAudioCodec(),
+                                      text_encoder=embedded_text_encoder(device="cpu"), name=name)
     model = pipeline.model
     if not isinstance(model, JointModel):
         raise TypeError(f"checkpoint: expected a JointModel, the loader built a {type(model).__name__}")
     weights = next(model.parameters()).dtype
-    model.compute_dtype = comfy_bridge.compute_dtype(weights)
+    if isinstance(pipeline, OviPipeline):
+        # None where the device computes in the weights' dtype; fp8 weights keep the bf16 the loader chose.
+        model.compute_dtype = comfy_bridge.compute_dtype(weights, OVI_COMPUTE_DTYPES) or model.compute_dtype
+    else:
+        model.compute_dtype = comfy_bridge.compute_dtype(weights)
     return pipeline
 
 
@@ -127,15 +168,21 @@ class SyncAVLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": ([EMBEDDED_DEFAULT] + comfy_bridge.diffusion_model_names(), {
+            "checkpoint": ([EMBEDDED_DEFAULT] + list(OVI_PRESETS) + comfy_bridge.diffusion_model_names(), {
                 "default": EMBEDDED_DEFAULT,
                 "tooltip": f"{EMBEDDED_DEFAULT!r}: the small model that ships with the package (no download, "
-                           "runs on a CPU). Otherwise a .safetensors joint model from models/diffusion_models "
-                           "made for the embedded codecs."}),
+                           "runs on a CPU). 'Ovi ...': Ovi's published models; they need the joint model in "
+                           "models/diffusion_models (Ovi's model.safetensors, model_960x960.safetensors, "
+                           "model_960x960_10s.safetensors, model_fp8_e4m3fn.safetensors), wan2.2_vae.safetensors, "
+                           "mmaudio_vae_16k_fp32.safetensors and mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors in "
+                           "models/vae; the text comes from a CLIP (umt5_xxl, type wan) connected to SyncAV Text "
+                           "Encode. Otherwise a .safetensors joint model from models/diffusion_models (Ovi files "
+                           "are recognised)."}),
             "dtype": (list(DTYPES), {
                 "default": "auto",
-                "tooltip": "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default). "
-                           "Where the device cannot compute in it, ComfyUI computes in a wider dtype."}),
+                "tooltip": "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default; "
+                           "an fp8 file stays fp8 and computes in bf16). Where the device cannot compute in it, "
+                           "ComfyUI computes in a wider dtype."}),
         }}
 
     RETURN_TYPES = ("MODEL", "SYNCAV_CODECS", "SYNCAV_TEXT_ENCODER")
@@ -146,7 +193,8 @@ class SyncAVLoader:
     FUNCTION = "load"
     CATEGORY = "SyncAV"
     DESCRIPTION = ("Loads a SyncAV joint audio-video model with its codecs and text encoder. The embedded default "
-                   "needs no files.")
+                   "needs no files; the Ovi presets load Ovi's joint model with the Wan2.2 VAE, the MMAudio 16 kHz "
+                   "VAE and its BigVGAN vocoder.")
 
     def load(self, checkpoint: str, dtype: str):
         pipeline = load_pipeline(checkpoint, dtype)

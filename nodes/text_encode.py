@@ -1,10 +1,22 @@
-"""SyncAV Text Encode: per-modality prompts and negatives -> SYNCAV_CONDITIONING."""
+"""SyncAV Text Encode: per-modality prompts and negatives -> SYNCAV_CONDITIONING.
+
+For an Ovi model (its text encoder carries a ``prompt_style``) the video prompt, the spoken lines and the sound
+description are joined into Ovi's one prompt (model/ovi_prompt.py), which both towers read, and empty negatives
+become Ovi's defaults. An optional CLIP input (ComfyUI's Load CLIP with the Wan UMT5-XXL file) encodes instead of
+the loader's text encoder.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+import torch
+
+from ..model.ovi_prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE, build_ovi_prompt, speech_lines
 from ..model.text import EncodedText, TextEncoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +51,20 @@ class SyncAVTextEncode:
             "audio_negative": ("STRING", {
                 "multiline": True, "default": "",
                 "tooltip": "What the sound should not be (text guidance pushes away from it). Empty is usual."}),
+        }, "optional": {
+            "speech": ("STRING", {
+                "multiline": True, "default": "",
+                "tooltip": "Ovi models: what is said, one line per utterance; each line becomes <S>line<E> in the "
+                           "prompt. Other models do not speak: leave it empty."}),
+            "sound": ("STRING", {
+                "multiline": True, "default": "",
+                "tooltip": "Ovi models: the sound description, added as <AUDCAP>...<ENDAUDCAP> (720 models) or "
+                           "'Audio: ...' (960 models); empty: the audio prompt is used. For Ovi the video prompt, "
+                           "speech and sound form one prompt both towers read, and empty negatives become Ovi's "
+                           "defaults. Other models: used as the audio prompt when that is empty."}),
+            "clip": ("CLIP", {
+                "tooltip": "Optional: encode with this CLIP instead of the loader's text encoder (Ovi: Load CLIP "
+                           "with umt5_xxl_fp16 or its fp8 version, type wan)."}),
         }}
 
     RETURN_TYPES = ("SYNCAV_CONDITIONING",)
@@ -47,27 +73,70 @@ class SyncAVTextEncode:
     FUNCTION = "encode"
     CATEGORY = "SyncAV"
     DESCRIPTION = ("Encodes a video prompt and a sound description (and a negative for each) for the SyncAV "
-                   "sampler. An empty sound description reuses the video prompt.")
+                   "sampler. An empty sound description reuses the video prompt. For Ovi models the prompt, the "
+                   "spoken lines and the sound form Ovi's one prompt; a connected CLIP encodes instead of the "
+                   "loader's text encoder.")
 
     def encode(self, text_encoder, video_prompt: str, audio_prompt: str = "", video_negative: str = "",
-               audio_negative: str = ""):
+               audio_negative: str = "", speech: str = "", sound: str = "", clip=None):
         if not isinstance(text_encoder, TextEncoder):
             raise ValueError(f"text_encoder: expected the text encoder output of SyncAV Loader, received "
                              f"{type(text_encoder).__name__}")
         texts = {"video_prompt": video_prompt, "audio_prompt": audio_prompt, "video_negative": video_negative,
-                 "audio_negative": audio_negative}
+                 "audio_negative": audio_negative, "speech": speech, "sound": sound}
         for name, value in texts.items():
             if not isinstance(value, str):
                 raise ValueError(f"{name}: expected a string, received {type(value).__name__}")
         if not video_prompt.strip():
             raise ValueError("video_prompt: expected a description of the video, received an empty prompt")
-        if not audio_prompt.strip():
-            audio_prompt = video_prompt
-            texts["audio_prompt"] = video_prompt
+        style = getattr(text_encoder, "prompt_style", None)
+        if style is not None:
+            # Ovi: one prompt for both towers; the sound description defaults to the audio prompt.
+            prompt = build_ovi_prompt(video_prompt, speech, sound.strip() or audio_prompt.strip(), style)
+            texts.update(video_prompt=prompt, audio_prompt=prompt,
+                         video_negative=video_negative.strip() or OVI_VIDEO_NEGATIVE,
+                         audio_negative=audio_negative.strip() or OVI_AUDIO_NEGATIVE)
+        else:
+            if speech_lines(speech):
+                raise ValueError("speech: this model does not speak (spoken lines are an Ovi prompt feature); "
+                                 "leave speech empty or load an Ovi model")
+            if not audio_prompt.strip():
+                texts["audio_prompt"] = sound if sound.strip() else video_prompt
+        encode = self._clip_encoder(clip, text_encoder) if clip is not None else \
+            (lambda text: text_encoder.encode([text]))
 
         def one(text: str) -> EncodedText:
-            return text_encoder.encode([text.strip()])
+            return encode(text.strip())
 
-        conditioning = SyncAVConditioning(positive=(one(video_prompt), one(audio_prompt)),
-                                          negative=(one(video_negative), one(audio_negative)), prompts=texts)
+        conditioning = SyncAVConditioning(
+            positive=(one(texts["video_prompt"]), one(texts["audio_prompt"])),
+            negative=(one(texts["video_negative"]), one(texts["audio_negative"])), prompts=texts)
         return (conditioning,)
+
+    @staticmethod
+    def _clip_encoder(clip, text_encoder: TextEncoder):
+        """text -> EncodedText [1, <=max_length, D] with a ComfyUI CLIP (``tokenize`` / ``encode_from_tokens``)."""
+        if not (hasattr(clip, "tokenize") and hasattr(clip, "encode_from_tokens")):
+            raise ValueError(f"clip: expected a CLIP from ComfyUI's Load CLIP, received {type(clip).__name__}")
+        rows = int(getattr(text_encoder, "max_length", 512))
+
+        def encode(text: str) -> EncodedText:
+            out = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)
+            cond = out["cond"] if isinstance(out, dict) else out[0]
+            if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or cond.shape[0] != 1:
+                got = list(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+                raise ValueError(f"clip: expected an encoding [1, tokens, width], received {got}")
+            if cond.shape[2] != text_encoder.dim:
+                raise ValueError(f"clip: encodes {cond.shape[2]}-wide embeddings; this model takes {text_encoder.dim} "
+                                 "(Ovi: the Wan UMT5-XXL, loaded with type wan)")
+            cond = cond.detach().float().cpu()
+            if cond.shape[1] > rows:
+                if cond[0, rows:].abs().amax() > 0:
+                    log.warning("SyncAV Text Encode: prompt of more than %d tokens truncated: %r", rows, text[:80])
+                cond = cond[:, :rows]
+            # ComfyUI zeroes the rows past the prompt (Wan's UMT5 setup), so the length is the last non-zero row.
+            nonzero = (cond[0].abs().amax(dim=1) > 0).nonzero()
+            length = int(nonzero[-1]) + 1 if len(nonzero) else 1
+            return EncodedText(cond, torch.tensor([length], dtype=torch.int64)).padded_to(rows)
+
+        return encode

@@ -250,3 +250,144 @@ def test_step_progress_stand_in_counts_steps():
             progress(i, 3, None, None)
             calls.append(i)
     assert calls == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------------ Ovi
+
+OVI_LABELS = ["Ovi 720x720 5s", "Ovi 960x960 5s", "Ovi 960x960 10s", "Ovi 720x720 5s fp8"]
+
+
+@pytest.fixture
+def ovi_models_dir(tmp_path, monkeypatch):
+    """An empty ComfyUI-style models folder the stand-in folder lookup searches, with the Ovi codec loaders
+    patched to stand-ins (their real files are gigabytes)."""
+    from ovi_stand_ins import StandInMMAudioCodec, StandInWanCodec
+
+    from comfyui_syncav.model import ovi_pipeline
+
+    monkeypatch.setenv("SYNCAV_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(ovi_pipeline, "load_video_codec", lambda path, device=None, dtype=None: StandInWanCodec())
+    monkeypatch.setattr(ovi_pipeline, "load_audio_codec",
+                        lambda vae, vocoder, device=None, dtype=None: StandInMMAudioCodec())
+    return tmp_path
+
+
+def test_loader_lists_the_ovi_presets():
+    combo = NODE_CLASS_MAPPINGS["SyncAVLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    assert combo[:5] == [EMBEDDED_DEFAULT] + OVI_LABELS
+
+
+def test_ovi_preset_names_the_missing_file_and_its_folder(ovi_models_dir):
+    from ovi_stand_ins import write_ovi_files
+
+    from comfyui_syncav.model.ovi_variants import get_variant
+
+    with pytest.raises(FileNotFoundError, match=r"'model.safetensors' not found in models/diffusion_models"):
+        node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
+    write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
+    (ovi_models_dir / "vae" / "mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"vocoder.*'mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors' not "
+                                                r"found in models/vae or models/mmaudio"):
+        node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
+
+
+def test_ovi_preset_chain_with_a_clip_input(ovi_models_dir):
+    from ovi_stand_ins import StandInClip, write_ovi_files
+
+    from comfyui_syncav.model.ovi_pipeline import OviPipeline
+    from comfyui_syncav.model.ovi_variants import get_variant
+
+    write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
+    with torch.inference_mode():
+        model, codecs, text_encoder = node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
+    assert isinstance(codecs.pipeline, OviPipeline) and codecs.pipeline.variant.key == "720x720_5s"
+    assert (codecs.fps, codecs.sample_rate, codecs.pixel_multiple) == (24.0, 16000, 32)
+    assert text_encoder.prompt_style == "audcap" and not text_encoder.loaded
+    assert model.model.diffusion_model.config.prediction == "velocity"
+
+    clip = StandInClip()
+    with torch.inference_mode():
+        (cond,) = node("SyncAVTextEncode").encode(text_encoder, "A man waves.", "", "", "", speech="Hello!",
+                                                  sound="A cheerful voice.", clip=clip)
+    prompt = "A man waves. <S>Hello!<E> <AUDCAP>A cheerful voice.<ENDAUDCAP>"
+    assert clip.tokenized == [prompt, prompt, "jitter, bad hands, blur, distortion",
+                              "robotic, muffled, echo, distorted"]
+    video, audio = cond.positive
+    assert video.embeddings.shape == (1, 512, 4096) and video.embeddings.dtype == torch.float32
+    assert video.lengths.tolist() == [8] and torch.equal(video.embeddings, audio.embeddings)   # 7 pieces + </s>
+    assert not text_encoder.loaded   # the CLIP encoded: UMT5 was never loaded
+
+    with torch.inference_mode():
+        (latent,) = node("SyncAVEmptyLatent").generate(codecs, 5.0, 720, 720, 1)
+    assert latent["video"].shape == (1, 48, 31, 44, 44) and latent["audio"].shape == (1, 157, 20)
+    small = {"video": torch.zeros(1, 48, 3, 2, 2), "audio": torch.zeros(1, 11, 20), "fps": 24.0,
+             "sample_rate": 16000}
+    with torch.inference_mode():
+        (sampled,) = node("SyncAVSampler").sample(model, cond, small, codecs, 0, 2, solver="euler", shift=5.0,
+                                                  text_scale_video=4.0, text_scale_audio=3.0, sync_scale_video=2.0,
+                                                  sync_scale_audio=2.0, sync_start=0.0, sync_end=1.0)
+        images, audio_out, fps = node("SyncAVDecode").decode(codecs, sampled)
+    assert torch.isfinite(sampled["video"]).all() and torch.isfinite(sampled["audio"]).all()
+    assert images.shape == (9, 32, 32, 3) and fps == 24.0
+    assert audio_out["sample_rate"] == 16000 and audio_out["waveform"].shape == (1, 1, 6000)   # 9 / 24 s
+
+
+def test_ovi_text_encoder_without_files_or_clip_says_what_is_missing(ovi_models_dir):
+    from ovi_stand_ins import write_ovi_files
+
+    from comfyui_syncav.model.ovi_variants import get_variant
+
+    write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
+    _, _, text_encoder = node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
+    with pytest.raises(FileNotFoundError, match=r"'umt5_xxl_fp16.safetensors' not found in models/text_encoders"):
+        node("SyncAVTextEncode").encode(text_encoder, "A man waves.", "", "", "")
+
+
+def test_ovi_file_from_the_list_is_recognised(ovi_models_dir):
+    from ovi_stand_ins import write_ovi_files
+
+    from comfyui_syncav.model.ovi_variants import get_variant
+
+    paths = write_ovi_files(ovi_models_dir, get_variant("Ovi 960x960 10s"))
+    with torch.inference_mode():
+        _, codecs, text_encoder = node("SyncAVLoader").load(paths["model"], "auto")
+    assert codecs.pipeline.variant.key == "960x960_10s" and codecs.pipeline.name == "model_960x960_10s"
+    assert text_encoder.prompt_style == "audio_prefix"
+    assert codecs.latent_shapes(10.0, 704, 1280) == ((1, 48, 61, 44, 80), (1, 314, 20))
+
+
+def test_ovi_fp8_preset_keeps_fp8_weights(ovi_models_dir):
+    from ovi_stand_ins import write_ovi_files
+
+    from comfyui_syncav.model.ovi_variants import get_variant
+
+    write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s fp8"), fp8=True)
+    with torch.inference_mode():
+        model, _, _ = node("SyncAVLoader").load("Ovi 720x720 5s fp8", "auto")
+    joint = model.model.diffusion_model
+    assert joint.video_model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    assert joint.video_model.blocks[0].norm3.weight.dtype == torch.bfloat16
+    assert joint.working_dtype() == torch.bfloat16
+
+
+def test_text_encode_keeps_its_inputs_and_adds_optional_ones():
+    spec = NODE_CLASS_MAPPINGS["SyncAVTextEncode"].INPUT_TYPES()
+    assert list(spec["required"]) == ["text_encoder", "video_prompt", "audio_prompt", "video_negative",
+                                      "audio_negative"]
+    assert list(spec["optional"]) == ["speech", "sound", "clip"] and spec["optional"]["clip"][0] == "CLIP"
+    assert all(entry[1].get("tooltip") for entry in spec["optional"].values())
+
+
+def test_text_encode_speech_sound_and_clip_on_the_embedded_model(loaded):
+    from ovi_stand_ins import StandInClip
+
+    _, _, text_encoder = loaded
+    with pytest.raises(ValueError, match="speech: this model does not speak"):
+        node("SyncAVTextEncode").encode(text_encoder, "a drum", "", "", "", speech="hello")
+    with torch.inference_mode():
+        (c,) = node("SyncAVTextEncode").encode(text_encoder, "a drum is hit", "", "", "", sound="a loud boom")
+    assert c.prompts["audio_prompt"] == "a loud boom" and c.prompts["video_negative"] == ""
+    with pytest.raises(ValueError, match="clip: encodes 4096-wide embeddings; this model takes 64"):
+        node("SyncAVTextEncode").encode(text_encoder, "a drum", "", "", "", clip=StandInClip())
+    with pytest.raises(ValueError, match="clip: expected a CLIP"):
+        node("SyncAVTextEncode").encode(text_encoder, "a drum", "", "", "", clip="clip")
