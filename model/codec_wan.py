@@ -14,11 +14,13 @@ Weights: the file users have is the original Wan2.2 layout (``Wan2.2_VAE.pth`` a
 repackaged ``wan2.2_vae.safetensors`` in ``models/vae``): a flat state dict, no prefix. Its names are turned into
 diffusers' by rules (``wan22_vae_key_to_diffusers``); a file already in diffusers' layout loads as it is. Either way
 every key and shape must match (strict load), and the header is checked before any tensor is read, so a wrong file
-fails in milliseconds with a message that says what it is.
+fails in milliseconds with a message that says what it is. The widths are the Wan2.2 VAE's unless the file's metadata
+says otherwise (``VAE_CONFIG_METADATA_KEY``: small models made for tests; the published files carry no such entry).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -61,6 +63,11 @@ WAN22_LATENTS_STD: tuple[float, ...] = (
     0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
     0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 )
+
+# Safetensors metadata key under which a file may carry other widths than the Wan2.2 VAE's (a JSON object with
+# some of WAN22_VAE_WIDTH_KEYS): smaller models made for tests. The published files carry none.
+VAE_CONFIG_METADATA_KEY = "syncav_vae_config"
+WAN22_VAE_WIDTH_KEYS = ("base_dim", "decoder_base_dim")
 
 _EXPECTED_FILE = ("the Wan2.2 VAE (48 latent channels), e.g. ComfyUI's wan2.2_vae.safetensors or Wan2.2_VAE.pth "
                   "converted to safetensors")
@@ -193,6 +200,23 @@ def _is_wan21_layout(shapes: Mapping[str, Sequence[int]], layout: str, latent_ch
     return False
 
 
+def _widths_from_metadata(metadata: Mapping[str, str], path: str) -> dict:
+    """The widths a file's metadata sets (``VAE_CONFIG_METADATA_KEY``), {} when it sets none. Only widths may
+    differ: latent channels and strides are what make a VAE the Wan2.2 one."""
+    text = metadata.get(VAE_CONFIG_METADATA_KEY)
+    if text is None:
+        return {}
+    try:
+        widths = json.loads(text)
+    except json.JSONDecodeError:
+        widths = None
+    if not isinstance(widths, dict) or not set(widths) <= set(WAN22_VAE_WIDTH_KEYS) \
+            or not all(isinstance(v, int) and v > 0 for v in widths.values()):
+        raise CheckpointError(f"{path}: metadata {VAE_CONFIG_METADATA_KEY!r} must be a JSON object of positive "
+                              f"integers for some of {', '.join(WAN22_VAE_WIDTH_KEYS)}, found {text[:200]!r}")
+    return widths
+
+
 def _mismatch_message(path: str, expected: Mapping[str, list[int]], found: Mapping[str, list[int]]) -> str:
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
@@ -294,12 +318,13 @@ class WanVideoCodec(VideoCodec):
         """Load the Wan2.2 VAE from a safetensors file in the original layout (or diffusers' layout).
 
         device: where the weights live (None: CPU). dtype: their dtype in memory (None: as stored, fp32 if mixed).
-        config: AutoencoderKLWan arguments that override ``WAN22_VAE_CONFIG`` (smaller test models).
+        config: AutoencoderKLWan arguments that override ``WAN22_VAE_CONFIG`` (smaller test models). A file may
+        also carry smaller widths in its metadata (``VAE_CONFIG_METADATA_KEY``); ``config`` wins over them.
         """
         path = os.fspath(path)
-        header, _ = read_header(path)
+        header, metadata = read_header(path)
         shapes = {k: list(v["shape"]) for k, v in header.items()}
-        vae_config = {**WAN22_VAE_CONFIG, **(config or {})}
+        vae_config = {**WAN22_VAE_CONFIG, **_widths_from_metadata(metadata, path), **(config or {})}
         expected_channels = int(vae_config["z_dim"])
 
         layout, channels = _vae_layout(shapes)

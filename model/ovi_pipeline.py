@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import CONFIG_METADATA_KEY, load_joint_model
 from .codec import AudioCodec, VideoCodec
-from .config import get_preset
+from .config import TowerConfig, get_preset
 from .ovi_prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE
 from .ovi_sizes import audio_latent_length, frames_for_seconds, rope_scale_from_codecs, snap_size_to_area, \
     video_latent_frames
@@ -37,26 +37,42 @@ class OviTextEncoder(TextEncoder):
 
     ``load``: returns the real encoder (e.g. ``lambda: UMT5TextEncoder(...)``); it may raise FileNotFoundError
     naming what is missing, which then surfaces at the first ``encode``.
+    ``dim`` / ``max_length``: the text width and rows the joint model takes (Ovi: 4096, 512); ``build_ovi_pipeline``
+    sets them from the model it loads (``fit_model``), and the loaded encoder must give that width.
     """
 
-    dim = OVI_TEXT_DIM
-    max_length = OVI_TEXT_LENGTH
-
-    def __init__(self, load: Callable[[], TextEncoder], prompt_style: str):
+    def __init__(self, load: Callable[[], TextEncoder], prompt_style: str, dim: int = OVI_TEXT_DIM,
+                 max_length: int = OVI_TEXT_LENGTH):
         self._load = load
         self._encoder: Optional[TextEncoder] = None
         self.prompt_style = prompt_style
+        self.dim = dim
+        self.max_length = max_length
+        self.model_name = "Ovi"          # what the width comes from, for error messages
 
     @property
     def loaded(self) -> bool:
         return self._encoder is not None
 
+    def fit_model(self, dim: int, max_length: int, model_name: str) -> None:
+        """Take the text width and rows of the joint model ``model_name`` (a file name, for error messages)."""
+        if self._encoder is not None and self._encoder.dim != dim:
+            raise ValueError(f"Ovi text encoder: the loaded encoder gives {self._encoder.dim}-wide embeddings; the "
+                             f"joint model {model_name} takes {dim}-wide text")
+        self.dim, self.max_length, self.model_name = dim, max_length, model_name
+
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
-            encoder = self._load()
+            try:
+                encoder = self._load()
+            except ValueError as error:     # a file of the wrong kind: say which model it was loaded for
+                raise ValueError(f"Ovi text encoder for the joint model {self.model_name} ({self.dim}-wide text): "
+                                 f"{error}") from error
             if encoder.dim != self.dim:
-                raise ValueError(f"Ovi text encoder: the loaded encoder is {encoder.dim} wide, Ovi takes {self.dim} "
-                                 "(UMT5-XXL)")
+                source = getattr(encoder, "path", None) or type(encoder).__name__
+                expected = " (UMT5-XXL)" if self.dim == OVI_TEXT_DIM else ""
+                raise ValueError(f"Ovi text encoder: {source} gives {encoder.dim}-wide embeddings; the joint model "
+                                 f"{self.model_name} takes {self.dim}-wide text{expected}")
             self._encoder = encoder
         return self._encoder
 
@@ -67,14 +83,18 @@ class OviTextEncoder(TextEncoder):
         return f"OviTextEncoder({self.prompt_style}, {'loaded' if self.loaded else 'not loaded yet'})"
 
 
-def umt5_loader(weights_path: str, config_dir: str, device=None, dtype: torch.dtype = torch.bfloat16
-                ) -> Callable[[], TextEncoder]:
-    """A ``load`` callable for OviTextEncoder: UMT5-XXL through transformers from local files (model/text_umt5.py)."""
+def umt5_loader(weights_path: str, config_dir: str, device=None, dtype: torch.dtype = torch.bfloat16,
+                expected_dim: int | None = None, max_length: int = OVI_TEXT_LENGTH) -> Callable[[], TextEncoder]:
+    """A ``load`` callable for OviTextEncoder: UMT5-XXL through transformers from local files (model/text_umt5.py).
+
+    expected_dim: refuse a config of another width before reading the weights (the OviTextEncoder checks the
+    loaded encoder's width against the joint model's either way).
+    """
     def load() -> TextEncoder:
         from .text_umt5 import UMT5TextEncoder
 
         return UMT5TextEncoder(weights_path, config_path=config_dir, tokenizer_path=config_dir,
-                               max_length=OVI_TEXT_LENGTH, expected_dim=OVI_TEXT_DIM, device=device, dtype=dtype)
+                               max_length=max_length, expected_dim=expected_dim, device=device, dtype=dtype)
     return load
 
 
@@ -153,7 +173,8 @@ def build_ovi_pipeline(variant: OviVariant, files: OviFiles | None = None, *, mo
                        device: str | torch.device = "cpu", dtype: torch.dtype | None = None, operations=None,
                        codec_device: str | torch.device | None = None,
                        video_codec: VideoCodec | None = None, audio_codec: AudioCodec | None = None,
-                       text_encoder: TextEncoder | None = None, blocks_on_gpu: int | None = None,
+                       text_encoder: TextEncoder | None = None,
+                       text_encoder_files: tuple[str, str] | None = None, blocks_on_gpu: int | None = None,
                        name: str | None = None) -> OviPipeline:
     """An OviPipeline from files (``files``: model/ovi_variants.find_variant_files) or given parts.
 
@@ -162,7 +183,11 @@ def build_ovi_pipeline(variant: OviVariant, files: OviFiles | None = None, *, mo
         the model is then loaded on the CPU and the rest swapped in per block.
     codec_device: where the codecs run (default: the codec's own default).
     text_encoder: default an OviTextEncoder that loads nothing until asked (set it to one built with
-        ``umt5_loader`` to encode prompts outside ComfyUI).
+        ``umt5_loader`` to encode prompts outside ComfyUI). An OviTextEncoder takes the joint model's text width
+        (``fit_model``); any other encoder must already have it.
+    text_encoder_files: (UMT5 weights file, folder with its config.json and tokenizer), as
+        ``find_text_encoder_files`` gives them: the text encoder is loaded from them on first use (on
+        ``codec_device``), and a config of another width than the joint model's is refused before the weights load.
     """
     path = model_path or (files.model if files is not None else None)
     if path is None:
@@ -177,17 +202,38 @@ def build_ovi_pipeline(variant: OviVariant, files: OviFiles | None = None, *, mo
         video_codec = video_codec or load_video_codec(files.video_vae, device=codec_device)
         audio_codec = audio_codec or load_audio_codec(files.audio_vae, files.vocoder, device=codec_device)
     check_codec_rates(video_codec, audio_codec, model.config.audio.rope_scale)
-    if text_encoder is None:
-        def not_configured() -> TextEncoder:
-            raise FileNotFoundError("Ovi text encoder: none configured; build the pipeline with text_encoder="
-                                    "OviTextEncoder(umt5_loader(weights, config_dir), style)")
-        text_encoder = OviTextEncoder(not_configured, variant.prompt_style)
+    text_encoder = _text_encoder_for(model.config.video, variant, path, text_encoder, text_encoder_files,
+                                     codec_device)
     if blocks_on_gpu is not None:
         from .block_swap import enable_block_swap
 
         enable_block_swap(model, blocks_on_gpu, device)
     return OviPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder,
                        name=name or variant.label, variant=variant)
+
+
+def _text_encoder_for(tower: TowerConfig, variant: OviVariant, model_path: str, text_encoder: TextEncoder | None,
+                      files: tuple[str, str] | None, device) -> TextEncoder:
+    """The pipeline's text encoder, held to the joint model's text width (``tower.text_dim``) and rows."""
+    model_name = os.path.basename(model_path)
+    if text_encoder is not None and files is not None:
+        raise ValueError("build_ovi_pipeline: give text_encoder or text_encoder_files, not both")
+    if files is not None:
+        weights, config_dir = files
+        text_encoder = OviTextEncoder(umt5_loader(weights, config_dir, device=device, expected_dim=tower.text_dim,
+                                                  max_length=tower.text_len), variant.prompt_style)
+    if text_encoder is None:
+        def not_configured() -> TextEncoder:
+            raise FileNotFoundError("Ovi text encoder: none configured; build the pipeline with text_encoder_files="
+                                    "find_text_encoder_files(...) or text_encoder=OviTextEncoder(umt5_loader(weights, "
+                                    "config_dir), style)")
+        text_encoder = OviTextEncoder(not_configured, variant.prompt_style)
+    if isinstance(text_encoder, OviTextEncoder):
+        text_encoder.fit_model(tower.text_dim, tower.text_len, model_name)
+    elif text_encoder.dim != tower.text_dim:
+        raise ValueError(f"text_encoder: {type(text_encoder).__name__} gives {text_encoder.dim}-wide embeddings; the "
+                         f"joint model {model_name} takes {tower.text_dim}-wide text")
+    return text_encoder
 
 
 def _config_argument(path: str, variant: OviVariant) -> dict:

@@ -77,6 +77,7 @@ class UMT5TextEncoder(TextEncoder):
         self.model.requires_grad_(False)
         self.dim = int(config["d_model"])
         self.max_length = max_length
+        self.path = path            # the weights it was loaded from, for error messages
 
     @property
     def device(self) -> torch.device:

@@ -103,9 +103,12 @@ def ovi_text_encoder(variant: OviVariant) -> OviTextEncoder:
     CLIP input on SyncAV Text Encode usually encodes instead, and then nothing is loaded."""
     def load():
         weights, config_dir = find_text_encoder_files(comfy_bridge.find_model_file, comfy_bridge.model_folder_paths)
-        return umt5_loader(weights, config_dir, device="cpu")()
+        # The width the joint model was fitted to: a UMT5 of another width is refused from its config.json,
+        # before its (up to 11 GB of) weights are read.
+        return umt5_loader(weights, config_dir, device="cpu", expected_dim=encoder.dim)()
 
-    return OviTextEncoder(load, variant.prompt_style)
+    encoder = OviTextEncoder(load, variant.prompt_style)
+    return encoder
 
 
 def load_ovi_pipeline(variant: OviVariant, weight_dtype, device, ops, model_path: str | None = None,
