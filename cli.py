@@ -146,7 +146,7 @@ def _apply_lora_arg(pipeline, args) -> None:
 
 def _build_ovi(args):
     """The Ovi pipeline of --model from --models-dir, with UMT5 from its text_encoders folder."""
-    from .model.ovi_pipeline import OviTextEncoder, build_ovi_pipeline, default_models_dir, umt5_loader
+    from .model.ovi_pipeline import build_ovi_pipeline, default_models_dir
     from .model.ovi_variants import find_text_encoder_files, find_variant_files, folder_tree_finder, get_variant
 
     variant = get_variant(args.model)
@@ -156,10 +156,8 @@ def _build_ovi(args):
                          "text_encoders/ inside)")
     finder = folder_tree_finder(models_dir)
     files = find_variant_files(variant, finder)
-    weights, config_dir = find_text_encoder_files(finder)
-    text_encoder = OviTextEncoder(umt5_loader(weights, config_dir, device=args.device), variant.prompt_style)
     return build_ovi_pipeline(variant, files, device=args.device, codec_device=args.device,
-                              text_encoder=text_encoder, blocks_on_gpu=args.blocks_on_gpu)
+                              text_encoder_files=find_text_encoder_files(finder), blocks_on_gpu=args.blocks_on_gpu)
 
 
 def _generate(args) -> int:
