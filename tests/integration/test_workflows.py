@@ -1,0 +1,204 @@
+"""The shipped workflows inside a real ComfyUI (run with COMFYUI_DIR set; see tests/integration/conftest.py).
+
+* The template browser's routes list workflows/*.json under this package and serve them; the served UI file
+  converts, with the live /object_info, to its API twin.
+* tests/fixtures/object_info.json matches the live server (with SYNCAV_UPDATE_OBJECT_INFO=1 it is rewritten from it
+  instead: tests/fixtures/README.md).
+* Every API workflow but Ovi's runs on the CPU and its outputs are checked: mp4s with an audio track of the right
+  length, sync reports, the negative's rule; the LoRA the training workflow writes loads by name in another prompt,
+  equals the trainer's own file there, and changes the clip compared with strength 0.
+* The Ovi workflow passes validation except for the model files a fresh server lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.parse
+
+import numpy as np
+import pytest
+from PIL import Image
+from workflow_files import (OBJECT_INFO_FIXTURE, api_workflow_names, load_api, load_object_info_fixture, load_ui,
+                            prompt_of, snapshot_of, workflow_names)
+
+from comfyui_syncav.headless.ui_to_api import ui_to_api
+from comfyui_syncav.model.atomic_files import write_text_atomic
+from comfyui_syncav.model.media_io import probe_mp4
+from comfyui_syncav.model.safetensors_io import read_header
+from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
+
+from .conftest import PACKAGE_DIR_NAME, ComfyError
+
+EMBEDDED_FPS = 16.0
+EMBEDDED_SAMPLE_RATE_HZ = 8000
+LORA_NAME = "syncav_dpo_quick"
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_timings():
+    """After this file: the wall time of every prompt it ran (pytest -s shows it)."""
+    yield
+    if TIMINGS:
+        print("\nworkflow timings: " + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in TIMINGS.items()))
+
+
+def run_timed(server, label: str, prompt: dict, timeout: float = 600) -> dict:
+    started = time.perf_counter()
+    entry = server.run(prompt, timeout=timeout)
+    TIMINGS[label] = time.perf_counter() - started
+    print(f"\n{label}: {TIMINGS[label]:.1f} s")
+    return entry
+
+
+def saved_videos(server, entry: dict, node_id: str) -> list:
+    files = server.output_files(entry, node_id)
+    assert files and all(path.is_file() and path.suffix == ".mp4" for path in files), entry["outputs"].get(node_id)
+    return files
+
+
+def check_mp4(path, seconds: float, size_px: int = 32) -> dict:
+    info = probe_mp4(path)
+    video, audio = info["video"], info["audio"]
+    assert video is not None and video["codec"] == "h264", info
+    assert (video["width"], video["height"]) == (size_px, size_px)
+    assert video["fps"] == pytest.approx(EMBEDDED_FPS)
+    assert video["frames"] == round(seconds * EMBEDDED_FPS)
+    assert video["seconds"] == pytest.approx(seconds, abs=0.07)
+    assert audio is not None and audio["codec"] == "aac", f"{path.name} has no aac audio track"
+    assert audio["sample_rate"] == EMBEDDED_SAMPLE_RATE_HZ
+    # aac pads to whole 1024-sample frames and adds encoder priming: a few frames at 8 kHz
+    assert audio["seconds"] == pytest.approx(seconds, abs=0.3)
+    return info
+
+
+def report_of(entry: dict, node_id: str) -> dict:
+    return json.loads(entry["outputs"][node_id]["text"][0])
+
+
+# ------------------------------------------------------------------------------------------------ templates
+
+def test_template_browser_lists_and_serves_the_workflows(comfy_server):
+    listed = comfy_server.get_json("/api/workflow_templates")
+    assert sorted(listed.get(PACKAGE_DIR_NAME, [])) == workflow_names(), listed
+    info = comfy_server.object_info()
+    for name in workflow_names():
+        path = f"/api/workflow_templates/{urllib.parse.quote(PACKAGE_DIR_NAME)}/{name}.json"
+        served = json.loads(comfy_server.request("GET", path))
+        assert served == load_ui(name)
+        assert ui_to_api(served, info) == load_api(name), f"{name}: the live server's widgets differ"
+
+
+def test_object_info_snapshot_is_current(comfy_server):
+    live = snapshot_of(comfy_server.object_info(), NODE_CLASS_MAPPINGS)
+    if os.environ.get("SYNCAV_UPDATE_OBJECT_INFO", "").strip() not in ("", "0"):
+        write_text_atomic(OBJECT_INFO_FIXTURE, json.dumps(live, indent=1, ensure_ascii=False) + "\n")
+    stored = load_object_info_fixture()
+    assert sorted(live) == sorted(stored), "node types missing on the server or in the snapshot"
+    for name in stored:
+        live_entry = {k: v for k, v in live[name].items() if k != "python_module"}
+        stored_entry = {k: v for k, v in stored[name].items() if k != "python_module"}
+        assert live_entry == stored_entry, (f"{name} differs from tests/fixtures/object_info.json; regenerate it "
+                                            "(tests/fixtures/README.md)")
+
+
+# ------------------------------------------------------------------------------------------------ running them
+
+def test_each_api_workflow_has_its_test_here():
+    assert set(api_workflow_names()) == {"generate_default", "dpo_train_then_generate", "eval_sync",
+                                         "negatives_preview", "generate_ovi"}
+
+
+def test_generate_default(comfy_server):
+    entry = run_timed(comfy_server, "generate_default", prompt_of(load_api("generate_default")))
+    (path,) = saved_videos(comfy_server, entry, "7")
+    assert path.parent.name == "SyncAV" and path.name.startswith("clip_")
+    check_mp4(path, 2.0)
+
+
+def test_eval_sync(comfy_server):
+    entry = run_timed(comfy_server, "eval_sync", prompt_of(load_api("eval_sync")))
+    plain, synced, real = (report_of(entry, node) for node in ("10", "11", "12"))
+    # the reports are shown by the Preview Any nodes too
+    for metric, preview in (("10", "13"), ("11", "14"), ("12", "15")):
+        assert json.loads(entry["outputs"][preview]["text"][0]) == report_of(entry, metric)
+    for report in (plain, synced, real):
+        assert 0.0 <= report["event_f1"] <= 1.0 and report["num_audio_onsets"] >= 1
+    # the benchmark clip itself is in sync: its impacts and sounds match (the metric's ceiling)
+    assert real["event_f1"] >= 0.9 and abs(real["median_offset_ms"]) <= 1000 / EMBEDDED_FPS
+    (plain_mp4,) = saved_videos(comfy_server, entry, "18")
+    (synced_mp4,) = saved_videos(comfy_server, entry, "19")
+    assert plain_mp4.parent.name == synced_mp4.parent.name == "eval"
+    for path in (plain_mp4, synced_mp4):
+        check_mp4(path, 2.0)
+
+
+def test_negatives_preview(comfy_server):
+    entry = run_timed(comfy_server, "negatives_preview", prompt_of(load_api("negatives_preview")))
+    (real,) = saved_videos(comfy_server, entry, "6")
+    (negative,) = saved_videos(comfy_server, entry, "8")
+    for path in (real, negative):
+        check_mp4(path, 2.0)
+    rule = entry["outputs"]["10"]["text"][0]
+    # progress 0 draws from the curriculum's first (coarse) stage, on the clip the Int node picked for both
+    assert rule.split(":")[0] in ("audio_swap", "audio_reversal", "video_reversal", "audio_shift"), rule
+    assert "stage 'coarse'" in rule and rule.endswith("BounceBench train clip 0")
+    (sound,) = comfy_server.output_files(entry, "9")
+    assert sound.is_file() and sound.stat().st_size > 0
+
+
+def test_dpo_train_then_generate_and_the_lora_loads_by_name(comfy_server):
+    workflow = load_api("dpo_train_then_generate")
+    steps = workflow["3"]["inputs"]["steps"]
+    entry = run_timed(comfy_server, "dpo_train_then_generate", prompt_of(workflow), timeout=900)
+    trained = comfy_server.output_dir / "syncav_lora" / f"{LORA_NAME}.safetensors"
+    kept = comfy_server.models_dir / "syncav_lora" / f"{LORA_NAME}.safetensors"
+    assert trained.is_file() and int(read_header(trained)[1]["step"]) == steps
+    assert kept.is_file() and kept.read_bytes() == trained.read_bytes()
+    (curves,) = comfy_server.output_files(entry, "4")
+    assert curves.suffix == ".png" and curves.stat().st_size > 0
+    (generated,) = saved_videos(comfy_server, entry, "12")
+    check_mp4(generated, 2.0)
+
+    # A second prompt: the workflow's generation half three times from the same noise, with the kept LoRA chosen
+    # by name in Load LoRA's list, with the trainer's file through lora_path, and with the kept LoRA at strength 0
+    # (the base model). Frames are saved as PNG: lossless, so equal clips compare equal (h264 is not bit-exact
+    # from one encode to the next).
+    generation = prompt_of(workflow)
+    prompt = {node_id: generation[node_id] for node_id in ("1", "7", "8")}
+    branches = {"by_name": {"lora": f"{LORA_NAME}.safetensors", "strength_video": 1.0, "strength_audio": 1.0},
+                "by_path": {"lora": "none", "strength_video": 1.0, "strength_audio": 1.0,
+                            "lora_path": str(trained)},
+                "strength_0": {"lora": f"{LORA_NAME}.safetensors", "strength_video": 0.0, "strength_audio": 0.0}}
+    for k, (branch, lora_inputs) in enumerate(branches.items()):
+        lora_id, sampler_id, decode_id, save_id = (str(100 + 10 * k + i) for i in range(4))
+        prompt[lora_id] = {"class_type": "SyncAVLoadLoRA", "inputs": {"model": ["1", 0], **lora_inputs}}
+        prompt[sampler_id] = {"class_type": "SyncAVSampler",
+                              "inputs": dict(generation["9"]["inputs"], model=[lora_id, 0])}
+        prompt[decode_id] = {"class_type": "SyncAVDecode", "inputs": {"codecs": ["1", 1], "latent": [sampler_id, 0]}}
+        prompt[save_id] = {"class_type": "SaveImage", "inputs": {"images": [decode_id, 0],
+                                                                  "filename_prefix": f"SyncAV/lora_{branch}"}}
+    entry = run_timed(comfy_server, "Load LoRA by name, by path and at strength 0 (second prompt)", prompt)
+    frames = {branch: np.stack([np.asarray(Image.open(path)) for path in
+                                sorted(comfy_server.output_files(entry, str(100 + 10 * k + 3)))])
+              for k, branch in enumerate(branches)}
+    assert frames["by_name"].shape == (32, 32, 32, 3)
+    np.testing.assert_array_equal(frames["by_name"], frames["by_path"])
+    changed = np.abs(frames["by_name"].astype(int) - frames["strength_0"]).mean()
+    assert changed > 0.5, f"the trained LoRA barely changes the clip: mean |difference| {changed:.3f} / 255"
+
+
+def test_generate_ovi_is_valid_but_for_model_files(comfy_server):
+    """Ovi does not run on a CPU; on a fresh server the only thing its workflow lacks is the text encoder file (the
+    joint model and codecs are loaded by the Loader's preset at run time, so validation cannot see them)."""
+    with pytest.raises(ComfyError) as rejected:
+        comfy_server.post_prompt(prompt_of(load_api("generate_ovi")))
+    message = str(rejected.value)
+    answer = json.loads(message[message.index("{"):])        # the server's answer follows the HTTP status
+    assert set(answer["node_errors"]) == {"2"}, answer["node_errors"]
+    (error,) = answer["node_errors"]["2"]["errors"]
+    assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == "clip_name"
+
+

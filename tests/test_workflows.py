@@ -1,0 +1,237 @@
+"""The shipped workflows (no ComfyUI needed): each UI file converts to exactly its API twin, both only name node
+types and inputs that exist, the UI files are graphs the editor can load, and the /object_info snapshot they are
+checked against still describes our nodes as they are now.
+
+tests/integration/test_workflows.py runs them in a real ComfyUI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from workflow_files import (FRONTEND_ONLY_TYPES, WORKFLOWS_DIR, api_workflow_names, combo_choices, is_file_name,
+                            load_api, load_object_info_fixture, load_ui, used_node_types, workflow_names)
+
+from comfyui_syncav.headless.ui_to_api import ui_to_api
+from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, comfy_bridge
+
+NAMES = workflow_names()
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+TITLE_BAR_PX = 30          # the editor draws a node's title above its pos
+
+
+@pytest.fixture(scope="module")
+def object_info() -> dict:
+    return load_object_info_fixture()
+
+
+def _input_specs(entry: dict) -> dict:
+    declared = entry["input"]
+    return {**declared.get("required", {}), **declared.get("optional", {})}
+
+
+def _input_type(spec) -> str:
+    return "COMBO" if combo_choices(spec) is not None else spec[0]
+
+
+def _is_widget(spec) -> bool:
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return _input_type(spec) in WIDGET_TYPES and not options.get("forceInput")
+
+
+def test_the_expected_workflows_ship_in_both_formats():
+    assert set(NAMES) >= {"generate_default", "dpo_train_then_generate", "eval_sync", "negatives_preview",
+                          "generate_ovi"}
+    assert NAMES == api_workflow_names(), "every UI workflow needs its API twin in workflows/api/ and back"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_converts_to_its_api_twin(name, object_info):
+    converted = ui_to_api(load_ui(name), object_info)
+    twin = load_api(name)
+    assert set(converted) == set(twin), "node ids differ"
+    for node_id in twin:
+        assert converted[node_id]["class_type"] == twin[node_id]["class_type"], node_id
+        assert converted[node_id]["inputs"] == twin[node_id]["inputs"], f"node {node_id}"
+        assert converted[node_id]["_meta"] == twin[node_id]["_meta"], node_id
+    assert converted == twin
+
+
+@pytest.mark.parametrize("name", api_workflow_names())
+def test_api_workflow_names_only_existing_nodes_inputs_and_choices(name, object_info):
+    prompt = load_api(name)
+    for node_id, node in prompt.items():
+        class_type = node["class_type"]
+        where = f"{name}.json node {node_id} ({class_type})"
+        assert class_type in object_info, f"{where}: not in tests/fixtures/object_info.json"
+        if class_type.startswith("SyncAV"):
+            assert class_type in NODE_CLASS_MAPPINGS, where
+        specs = _input_specs(object_info[class_type])
+        unknown = set(node["inputs"]) - set(specs)
+        assert not unknown, f"{where}: unknown inputs {sorted(unknown)}"
+        missing = set(object_info[class_type]["input"].get("required", {})) - set(node["inputs"])
+        assert not missing, f"{where}: required inputs missing {sorted(missing)}"
+        for input_name, value in node["inputs"].items():
+            spec = specs[input_name]
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if isinstance(value, list):          # a link: [source node id, output slot]
+                source_id, slot = value
+                assert source_id in prompt, f"{where}.{input_name}: links to missing node {source_id}"
+                source_type = object_info[prompt[source_id]["class_type"]]["output"][slot]
+                wanted = _input_type(spec)
+                assert wanted == "*" or source_type == wanted, \
+                    f"{where}.{input_name}: wants {wanted}, linked to a {source_type} output"
+                continue
+            assert _is_widget(spec), f"{where}.{input_name}: a {spec[0]} input needs a link, has {value!r}"
+            kind = _input_type(spec)
+            if kind == "COMBO":
+                if not is_file_name(value):      # file lists depend on what is installed
+                    assert value in combo_choices(spec), f"{where}.{input_name}: {value!r} is not a choice"
+            elif kind in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}.{input_name}"
+                assert options.get("min", -math.inf) <= value <= options.get("max", math.inf), f"{where}.{input_name}"
+                if kind == "INT":
+                    assert isinstance(value, int), f"{where}.{input_name}: {value!r} is not an integer"
+            elif kind == "STRING":
+                assert isinstance(value, str), f"{where}.{input_name}"
+            else:
+                assert isinstance(value, bool), f"{where}.{input_name}"
+
+
+def _widget_count(entry: dict) -> int:
+    """Widgets the editor gives a node: one per widget input, plus the control widget after seeds."""
+    count = 0
+    for input_name, spec in _input_specs(entry).items():
+        if not _is_widget(spec):
+            continue
+        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        control = options.get("control_after_generate")
+        count += 1 + int(_input_type(spec) == "INT" and (control if control is not None
+                                                         else input_name in ("seed", "noise_seed")))
+    return count
+
+
+def _overlap(a, b) -> bool:
+    (ax, ay, aw, ah), (bx, by, bw, bh) = a, b
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_is_a_graph_the_editor_loads(name, object_info):
+    """The schema the ComfyUI frontend validates (workflow version 0.4) and links that agree from both ends."""
+    ui = load_ui(name)
+    assert ui["version"] == 0.4
+    nodes = {node["id"]: node for node in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"]), "node ids repeat"
+    assert ui["last_node_id"] >= max(nodes)
+    links = {link[0]: link for link in ui["links"]}
+    assert len(links) == len(ui["links"]), "link ids repeat"
+    assert ui["last_link_id"] >= max(links, default=0)
+    for node in nodes.values():
+        assert {"id", "type", "pos", "size", "flags", "order", "mode", "properties"} <= set(node), node["id"]
+        assert node["mode"] == 0, f"node {node['id']} is muted or bypassed"
+        if node["type"] in FRONTEND_ONLY_TYPES:
+            continue
+        entry = object_info[node["type"]]
+        assert node["properties"]["Node name for S&R"] == node["type"]
+        # the editor matches widget values to widgets by position
+        assert len(node["widgets_values"]) == _widget_count(entry), f"node {node['id']} ({node['type']})"
+        specs = _input_specs(entry)
+        for socket in node["inputs"]:
+            assert socket["name"] in specs, f"node {node['id']}: no input {socket['name']!r}"
+            if "widget" in socket:
+                assert socket["widget"]["name"] == socket["name"] and socket["link"] is not None
+        assert [o["name"] for o in node["outputs"]] == entry["output_name"]
+        assert [o["type"] for o in node["outputs"]] == entry["output"]
+    for link_id, origin, origin_slot, target, target_slot, link_type in ui["links"]:
+        output = nodes[origin]["outputs"][origin_slot]
+        socket = nodes[target]["inputs"][target_slot]
+        assert link_id in output["links"] and socket["link"] == link_id, f"link {link_id}"
+        assert link_type == output["type"] and socket["type"] in (link_type, "*"), f"link {link_id}"
+    for node in nodes.values():
+        for socket in node.get("inputs", []):
+            assert socket["link"] is None or socket["link"] in links, f"node {node['id']}: dangling link"
+        for output in node.get("outputs", []):
+            assert all(link_id in links for link_id in output["links"] or []), f"node {node['id']}: dangling link"
+
+    notes = [n for n in nodes.values() if n["type"] in ("Note", "MarkdownNote")]
+    assert notes and all(len(n["widgets_values"][0]) > 200 for n in notes), "a note explains the knobs"
+
+    # Readable layout: nodes never overlap (title bars included), data flows left to right, and every group
+    # frames its nodes without covering another group.
+    boxes = {i: (n["pos"][0], n["pos"][1] - TITLE_BAR_PX, n["size"][0], n["size"][1] + TITLE_BAR_PX)
+             for i, n in nodes.items()}
+    ids = sorted(boxes)
+    for k, a in enumerate(ids):
+        for b in ids[k + 1:]:
+            assert not _overlap(boxes[a], boxes[b]), f"nodes {a} and {b} overlap"
+    for _, origin, _, target, _, _ in ui["links"]:
+        assert nodes[origin]["pos"][0] <= nodes[target]["pos"][0], f"link {origin} -> {target} runs right to left"
+    groups = ui["groups"]
+    for k, group in enumerate(groups):
+        for other in groups[k + 1:]:
+            assert not _overlap(group["bounding"], other["bounding"]), f"groups {group['title']!r}, {other['title']!r}"
+    for node_id, box in boxes.items():
+        inside = [g for g in groups if _overlap(g["bounding"], box)]
+        assert len(inside) <= 1, f"node {node_id} straddles groups"
+        if inside:
+            gx, gy, gw, gh = inside[0]["bounding"]
+            x, y, w, h = box
+            assert gx <= x and gy <= y and x + w <= gx + gw and y + h <= gy + gh, f"node {node_id} sticks out"
+
+
+def test_ui_workflows_are_where_comfyui_lists_custom_node_templates():
+    """ComfyUI's /api/workflow_templates lists ``<custom node>/workflows/*.json`` (one of the folder names it
+    searches) and serves the folder: only UI-format files may sit at its top level, API twins go below it."""
+    for path in WORKFLOWS_DIR.glob("*.json"):
+        workflow = json.loads(path.read_text())
+        assert isinstance(workflow.get("nodes"), list), f"{path.name} is not in UI format"
+
+
+def test_workflows_are_shipped_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((WORKFLOWS_DIR.parent / "pyproject.toml").read_text())
+    data = project["tool"]["setuptools"]["package-data"]["comfyui_syncav"]
+    assert {"workflows/*.json", "workflows/api/*.json"} <= set(data)
+
+
+# ------------------------------------------------------------------------------------------------ the snapshot
+
+def test_snapshot_holds_exactly_our_nodes_and_those_the_workflows_use(object_info):
+    assert set(object_info) == set(NODE_CLASS_MAPPINGS) | used_node_types()
+    for entry in object_info.values():
+        for section in entry["input"].values():
+            for spec in section.values() if isinstance(section, dict) else ():
+                assert not any(is_file_name(c) for c in combo_choices(spec) or []), "installed files in the snapshot"
+
+
+def _node_info(key: str, cls) -> dict:
+    """What ComfyUI's server answers in /object_info for one of our (classic, INPUT_TYPES-style) nodes."""
+    info = {
+        "input": cls.INPUT_TYPES(),
+        "input_order": {section: list(inputs) for section, inputs in cls.INPUT_TYPES().items()},
+        "output": list(cls.RETURN_TYPES),
+        "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES))),
+        "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+        "name": key,
+        "display_name": NODE_DISPLAY_NAME_MAPPINGS.get(key, key),
+        "description": getattr(cls, "DESCRIPTION", ""),
+        "category": getattr(cls, "CATEGORY", "sd"),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+    }
+    if hasattr(cls, "OUTPUT_TOOLTIPS"):
+        info["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
+    return json.loads(json.dumps(info))      # tuples -> lists, as the server's JSON has them
+
+
+@pytest.mark.parametrize("key", sorted(NODE_CLASS_MAPPINGS))
+def test_snapshot_describes_our_nodes_as_they_are_now(key, object_info, monkeypatch):
+    """Rebuilt from the node classes: a renamed, added or re-ordered input, a new default or choice shows here, and
+    the snapshot (and with it the workflows) must be regenerated (tests/fixtures/README.md)."""
+    monkeypatch.setattr(comfy_bridge, "diffusion_model_names", lambda: [])   # no installed files, as in the
+    monkeypatch.setattr(comfy_bridge, "lora_names", lambda: [])              # fresh server the snapshot came from
+    expected = _node_info(key, NODE_CLASS_MAPPINGS[key])
+    stored = {k: v for k, v in object_info[key].items() if k != "python_module"}
+    assert stored == expected
