@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_lora_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora", default=None, metavar="FILE", help="a LoRA (.safetensors, e.g. from the DPO trainer)")
+    parser.add_argument("--lora", default=None, metavar="FILE",
+                        help="a LoRA (.safetensors, e.g. from the DPO trainer), or 'embedded-sync': the embedded "
+                             "default's shipped sync LoRA")
     parser.add_argument("--lora-strength-video", type=float, default=1.0, help="LoRA strength on the video tower")
     parser.add_argument("--lora-strength-audio", type=float, default=1.0, help="LoRA strength on the audio tower")
 
@@ -138,7 +140,10 @@ def _apply_lora_arg(pipeline, args) -> None:
         return
     from .model.lora import apply_lora, check_lora_fits, load_lora
 
-    tensors, _ = load_lora(args.lora)
+    from .model.pipeline import EMBEDDED_SYNC_LORA_NAME, embedded_sync_lora_path
+
+    path = embedded_sync_lora_path() if args.lora == EMBEDDED_SYNC_LORA_NAME else args.lora
+    tensors, _ = load_lora(path)
     check_lora_fits(pipeline.model, tensors, where=f"--lora {args.lora}")
     apply_lora(pipeline.model, tensors, strength_video=args.lora_strength_video,
                strength_audio=args.lora_strength_audio)

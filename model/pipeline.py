@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_FILE = PACKAGE_DIR / "weights" / "embedded_default.safetensors"
 EMBEDDED_TEXT_FILE = PACKAGE_DIR / "weights" / "embedded_text_encoder.safetensors"
+# The sync-tuned variant: a LoRA post-trained for sync on the embedded default (docs/results.md says how).
+EMBEDDED_SYNC_LORA_FILE = PACKAGE_DIR / "weights" / "embedded_sync_lora.safetensors"
+EMBEDDED_SYNC_LORA_NAME = "embedded-sync"   # what the CLI's --lora and the Loader call it
 EMBEDDED_DEFAULT_SECONDS = 2.0
 EMBEDDED_DEFAULT_SIZE_PX = 32
 
@@ -141,6 +144,28 @@ def build_embedded_default(device: str | torch.device = "cpu", dtype: torch.dtyp
         model = model.to(device=device, dtype=dtype).eval()
     return AVPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec,
                       text_encoder=embedded_text_encoder(device), name="embedded-default")
+
+
+def embedded_sync_lora_path() -> Path:
+    """The shipped sync LoRA of the embedded default; a clear error where this copy of the package lacks it."""
+    if not EMBEDDED_SYNC_LORA_FILE.is_file():
+        raise FileNotFoundError(f"the embedded default's sync LoRA ({EMBEDDED_SYNC_LORA_FILE.name}) is not in this "
+                                "package's weights/ folder; reinstall the package or pass a LoRA file")
+    return EMBEDDED_SYNC_LORA_FILE
+
+
+def build_embedded_sync_tuned(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                              operations=None) -> AVPipeline:
+    """The embedded default with its shipped sync LoRA merged at full strength on both towers."""
+    from .lora import apply_lora, check_lora_fits, load_lora
+
+    lora_path = embedded_sync_lora_path()
+    pipeline = build_embedded_default(device=device, dtype=dtype, operations=operations)
+    tensors, _ = load_lora(lora_path)
+    check_lora_fits(pipeline.model, tensors, where=lora_path.name)
+    apply_lora(pipeline.model, tensors)
+    pipeline.name = "embedded-default-sync"
+    return pipeline
 
 
 def embedded_text_encoder(device: str | torch.device = "cpu") -> TinyTextEncoder:

@@ -15,13 +15,15 @@ from ..model.joint import JointModel
 from ..model.ovi_pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, umt5_loader
 from ..model.ovi_variants import PRESET_LABELS, VARIANTS_BY_LABEL, OviVariant, find_text_encoder_files, \
     find_variant_files, recognise_variant, uses_ovi_codecs
-from ..model.pipeline import AVPipeline, build_embedded_default, embedded_text_encoder
+from ..model.pipeline import (AVPipeline, build_embedded_default, build_embedded_sync_tuned,
+                              embedded_text_encoder)
 from ..model.safetensors_io import CheckpointError, read_header
 from . import comfy_bridge
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DEFAULT = "embedded default"
+EMBEDDED_SYNC_TUNED = "embedded default + sync LoRA"
 OVI_PRESETS = PRESET_LABELS   # "Ovi 720x720 5s", "Ovi 960x960 5s", "Ovi 960x960 10s", "Ovi 720x720 5s fp8"
 # Ovi runs in bf16 (its reference autocasts to bf16); where ComfyUI must cast (fp8 weights) prefer it over fp16.
 OVI_COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -133,6 +135,8 @@ def load_pipeline(checkpoint: str, dtype: str) -> AVPipeline:
     with torch.inference_mode(False), torch.no_grad():
         if checkpoint == EMBEDDED_DEFAULT:
             pipeline = build_embedded_default(device=device, dtype=weight_dtype or torch.float32, operations=ops)
+        elif checkpoint == EMBEDDED_SYNC_TUNED:
+            pipeline = build_embedded_sync_tuned(device=device, dtype=weight_dtype or torch.float32, operations=ops)
         elif checkpoint in VARIANTS_BY_LABEL:
             pipeline = load_ovi_pipeline(VARIANTS_BY_LABEL[checkpoint], weight_dtype, device, ops)
         else:
@@ -171,11 +175,13 @@ class SyncAVLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": ([EMBEDDED_DEFAULT] + list(OVI_PRESETS) + comfy_bridge.diffusion_model_names(), {
+            "checkpoint": ([EMBEDDED_DEFAULT, EMBEDDED_SYNC_TUNED] + list(OVI_PRESETS)
+                           + comfy_bridge.diffusion_model_names(), {
                 "default": EMBEDDED_DEFAULT,
                 "tooltip": f"{EMBEDDED_DEFAULT!r}: the small model that ships with the package (no download, "
-                           "runs on a CPU). 'Ovi ...': Ovi's published models; they need the joint model in "
-                           "models/diffusion_models (Ovi's model.safetensors, model_960x960.safetensors, "
+                           f"runs on a CPU). {EMBEDDED_SYNC_TUNED!r}: the same with its shipped sync LoRA (DPO "
+                           "on temporal negatives) merged. 'Ovi ...': Ovi's published models; they need the joint "
+                           "model in models/diffusion_models (Ovi's model.safetensors, model_960x960.safetensors, "
                            "model_960x960_10s.safetensors, model_fp8_e4m3fn.safetensors), wan2.2_vae.safetensors, "
                            "mmaudio_vae_16k_fp32.safetensors and mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors in "
                            "models/vae; the text comes from a CLIP (umt5_xxl, type wan) connected to SyncAV Text "

@@ -49,3 +49,38 @@ def test_generate_with_a_lora_changes_the_clip_and_strength_zero_does_not(tmp_pa
     assert frames("--lora", str(tmp_path / "l.safetensors"), "--lora-strength-video", "0",
                   "--lora-strength-audio", "0") == base
     assert frames("--lora", str(tmp_path / "l.safetensors")) != base
+
+
+def _write_random_lora(path):
+    import torch
+
+    from comfyui_syncav.model.lora import LoraSpec, add_lora, save_lora
+    from comfyui_syncav.model.pipeline import build_embedded_default
+
+    model = build_embedded_default().model
+    add_lora(model, LoraSpec(rank=4, targets=("ffn",)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(model, path)
+
+
+def test_lora_embedded_sync_is_the_shipped_file(tmp_path, monkeypatch, capsys):
+    from comfyui_syncav.model import pipeline as pipeline_module
+
+    shipped = tmp_path / "embedded_sync_lora.safetensors"
+    _write_random_lora(shipped)
+    monkeypatch.setattr(pipeline_module, "EMBEDDED_SYNC_LORA_FILE", shipped)
+
+    def clip(*extra):
+        out = tmp_path / f"clip{len(extra)}.mp4"
+        assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
+                     "--out", str(out), *extra]) == 0
+        return out.read_bytes()
+
+    assert clip("--lora", "embedded-sync") == clip("--lora", str(shipped), "--seed", "0")
+    monkeypatch.setattr(pipeline_module, "EMBEDDED_SYNC_LORA_FILE", tmp_path / "absent.safetensors")
+    assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
+                 "--out", str(tmp_path / "x.mp4"), "--lora", "embedded-sync"]) != 0
+    assert "sync LoRA (absent.safetensors) is not in this package's weights/ folder" in capsys.readouterr().err

@@ -274,7 +274,7 @@ def ovi_models_dir(tmp_path, monkeypatch):
 
 def test_loader_lists_the_ovi_presets():
     combo = NODE_CLASS_MAPPINGS["SyncAVLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
-    assert combo[:5] == [EMBEDDED_DEFAULT] + OVI_LABELS
+    assert combo[2:6] == OVI_LABELS        # after the embedded default and its sync-tuned variant
 
 
 def test_ovi_preset_names_the_missing_file_and_its_folder(ovi_models_dir):
@@ -391,3 +391,30 @@ def test_text_encode_speech_sound_and_clip_on_the_embedded_model(loaded):
         node("SyncAVTextEncode").encode(text_encoder, "a drum", "", "", "", clip=StandInClip())
     with pytest.raises(ValueError, match="clip: expected a CLIP"):
         node("SyncAVTextEncode").encode(text_encoder, "a drum", "", "", "", clip="clip")
+
+
+def test_loader_sync_tuned_choice_merges_the_shipped_lora(loaded, tmp_path, monkeypatch):
+    from comfyui_syncav.model import pipeline as pipeline_module
+    from comfyui_syncav.model.lora import apply_lora, load_lora
+    from comfyui_syncav.nodes.loader import EMBEDDED_SYNC_TUNED
+    from test_cli import _write_random_lora
+
+    combo = NODE_CLASS_MAPPINGS["SyncAVLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    assert combo[:2] == [EMBEDDED_DEFAULT, EMBEDDED_SYNC_TUNED]
+    shipped = tmp_path / "embedded_sync_lora.safetensors"
+    _write_random_lora(shipped)
+    monkeypatch.setattr(pipeline_module, "EMBEDDED_SYNC_LORA_FILE", shipped)
+    with torch.inference_mode():
+        tuned, _, _ = node("SyncAVLoader").load(EMBEDDED_SYNC_TUNED, "auto")
+    tuned_weights = joint_model_of(tuned).state_dict()
+    base_weights = joint_model_of(loaded[0]).state_dict()
+    expected = pipeline_module.build_embedded_default().model
+    apply_lora(expected, load_lora(shipped)[0])
+    changed = [k for k in base_weights if not torch.equal(tuned_weights[k], base_weights[k])]
+    assert changed and all(".ffn." in k for k in changed)        # the test LoRA targets the FFNs only
+    for key, value in expected.state_dict().items():
+        assert torch.allclose(tuned_weights[key], value, atol=1e-6), key
+
+    monkeypatch.setattr(pipeline_module, "EMBEDDED_SYNC_LORA_FILE", tmp_path / "absent.safetensors")
+    with pytest.raises(FileNotFoundError, match="sync LoRA"):
+        node("SyncAVLoader").load(EMBEDDED_SYNC_TUNED, "auto")
