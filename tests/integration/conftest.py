@@ -8,8 +8,9 @@ Environment:
   COMFYUI_STARTUP_TIMEOUT  seconds to wait for /object_info (default 180).
 
 The server runs with --base-directory in a temp folder, so the checkout is never written to: that folder holds
-custom_nodes/ComfyUI-SyncAV (a symlink to this repository), models/, input/, output/, temp/, user/ and the
-sqlite database. Standard library only.
+custom_nodes/ComfyUI-SyncAV (a symlink to this repository), custom_nodes/syncav_test_probes (the test-only nodes of
+tests/integration/probe_nodes), models/, input/, output/, temp/, user/ and the sqlite database. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pytest
 
 SKIP_REASON = "set COMFYUI_DIR to a ComfyUI checkout to run integration tests against a real server"
 PACKAGE_DIR_NAME = "ComfyUI-SyncAV"
+PROBE_NODES_DIR_NAME = "syncav_test_probes"   # test-only nodes that report what a graph cannot show
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _HERE = Path(__file__).resolve().parent
 
@@ -217,6 +219,8 @@ def comfy_server(tmp_path_factory):
     except OSError:  # no symlinks (e.g. Windows without privilege): copy the package
         shutil.copytree(REPO_ROOT, link, ignore=shutil.ignore_patterns(
             ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "tests"))
+    shutil.copytree(_HERE / "probe_nodes", base / "custom_nodes" / PROBE_NODES_DIR_NAME,
+                    ignore=shutil.ignore_patterns("__pycache__"))
 
     port = _free_port()
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
