@@ -1,0 +1,212 @@
+"""Screenshot of a workflow in the ComfyUI editor, for the README (docs/img/comfyui_generate_default.png).
+
+Needs a running ComfyUI with this package in custom_nodes (the editor must know the SyncAV nodes, or it draws them
+as missing), and Chromium or Chrome. Headless Chromium is driven over the DevTools protocol with aiohttp (ComfyUI's
+own server dependency): the page opens the server's editor, the workflow is loaded with ``app.loadGraphData``,
+the view is fitted to the graph and the page is saved as PNG (or JPEG). The display settings the script changes
+(zoom, detail, minimap) live in that page only; the workflow is not saved on the server.
+
+From the repository root, with ComfyUI running on port 8188:
+
+    python docs/img/make_screenshot.py --server http://127.0.0.1:8188
+    python docs/img/make_screenshot.py --workflow workflows/eval_sync.json --out docs/img/eval_sync.png
+
+An ``--out`` ending in .jpg is saved as JPEG: with ``--width 800 --height 800 --out workflows/NAME.jpg`` it is the
+card picture ComfyUI's template browser shows for workflows/NAME.json (it asks for NAME.jpg beside it).
+
+Check the result by eye: every node and its widgets readable, no dialog over the graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+SETTLE_SECONDS = 1.5          # after loading and fitting: fonts, widgets and the canvas redraw
+NODE_TITLE_HEIGHT = 30        # the editor draws a node's title bar above its pos
+# Canvas px kept free around the graph (left, top, right, bottom): the workflow tabs sit over the canvas's top,
+# the zoom controls over its bottom right.
+VIEW_MARGINS_PX = (16, 52, 16, 60)
+JPEG_QUALITY = 85
+
+
+class DevTools:
+    """One page's DevTools-protocol connection: ``await call(method, **params)`` returns the result."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse):
+        self.socket = socket
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params):
+        call_id = next(self.ids)
+        await self.socket.send_json({"id": call_id, "method": method, "params": params})
+        async for message in self.socket:
+            reply = json.loads(message.data)
+            if reply.get("id") != call_id:
+                continue              # an event, or the answer to something else
+            if "error" in reply:
+                raise RuntimeError(f"{method}: {reply['error'].get('message')}")
+            return reply["result"]
+        raise RuntimeError(f"{method}: the browser closed the connection")
+
+    async def evaluate(self, expression: str):
+        """Run JavaScript in the page (awaiting a promise) and return its value."""
+        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            text = (details.get("exception") or {}).get("description") or details.get("text")
+            raise RuntimeError(f"in the page: {text}")
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout_seconds: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while not await self.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready after {timeout_seconds:.0f} s")
+            await asyncio.sleep(0.25)
+
+
+def graph_bounds(workflow: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the workflow's nodes (title bar included) and groups, in graph units."""
+    boxes = [(n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in workflow["nodes"]]
+    boxes += [(x, y, x + w, y + h) for x, y, w, h in (g["bounding"] for g in workflow.get("groups") or [])]
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def fitted_view(bounds, canvas_px) -> tuple[float, tuple[float, float]]:
+    """The editor's (scale, offset) that shows ``bounds`` as large as fits on the canvas, centred, keeping
+    VIEW_MARGINS_PX free (a canvas point is (graph point + offset) * scale)."""
+    left, top, right, bottom = bounds
+    margin_left, margin_top, margin_right, margin_bottom = VIEW_MARGINS_PX
+    room_x = canvas_px[0] - margin_left - margin_right
+    room_y = canvas_px[1] - margin_top - margin_bottom
+    scale = min(room_x / (right - left), room_y / (bottom - top))
+    pad_x = (room_x / scale - (right - left)) / 2
+    pad_y = (room_y / scale - (bottom - top)) / 2
+    return scale, (margin_left / scale + pad_x - left, margin_top / scale + pad_y - top)
+
+
+def find_browser(name: str | None) -> str:
+    for candidate in ([name] if name else BROWSERS):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    raise SystemExit(f"no browser found (tried {', '.join([name] if name else BROWSERS)}); give --browser")
+
+
+def start_browser(binary: str, profile: str, width: int, height: int) -> tuple[subprocess.Popen, int]:
+    """Headless browser with a debugging port chosen by itself; returns (process, port)."""
+    command = [binary, "--headless=new", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               "--no-default-browser-check", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+               f"--window-size={width},{height}", "about:blank"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.insert(1, "--no-sandbox")          # Chromium refuses to run as root with its sandbox
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file = Path(profile) / "DevToolsActivePort"   # the browser writes its port here once it listens
+    deadline = time.monotonic() + 30
+    while not (port_file.is_file() and port_file.read_text().strip()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"{binary} did not start its DevTools endpoint")
+        time.sleep(0.1)
+    return process, int(port_file.read_text().split()[0])
+
+
+async def screenshot(args, port: int) -> bytes:
+    workflow = json.loads(args.workflow.read_text())
+    name = args.workflow.stem
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+            pages = [t for t in await response.json() if t.get("type") == "page"]
+        async with session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as socket:
+            page = DevTools(socket)
+            await page.call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height,
+                            deviceScaleFactor=1, mobile=False)
+            await page.call("Page.navigate", url=args.server)
+            await page.wait_for("Boolean(window.app && window.app.graph && window.app.canvas && "
+                                "window.app.extensionManager)", 120, "the ComfyUI editor")
+            # Whatever dialog a first start opens (a template browser, a release note) would cover the graph.
+            await page.evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+            await page.evaluate(f"app.loadGraphData({json.dumps(workflow)}, true, false, {json.dumps(name)})"
+                                ".then(() => true)")
+            await page.wait_for(f"app.graph.nodes.length === {len(workflow['nodes'])}", 30, "the workflow")
+            # It opened in a tab of its own: close the empty one the editor started with.
+            await page.evaluate("""(async () => {
+                const store = app.extensionManager.workflow;
+                for (const other of store.openWorkflows.filter(w => w !== store.activeWorkflow))
+                    await store.closeWorkflow(other);
+                return store.openWorkflows.length;
+            })()""")
+            canvas = await page.evaluate("(() => { const r = app.canvas.canvas.getBoundingClientRect(); "
+                                         "return [r.width, r.height]; })()")
+            scale, offset = fitted_view(graph_bounds(workflow), canvas)
+            # For this page only (no setting is saved on the server): full detail at any zoom (below a zoom
+            # threshold the editor draws nodes without text), no minimap over the graph, no render statistics.
+            await page.evaluate(f"""(() => {{
+                app.canvas.min_font_size_for_lod = 0;
+                app.canvas.show_info = false;
+                const style = document.createElement('style');
+                style.textContent = '.minimap-main-container {{ display: none !important; }}';
+                document.head.appendChild(style);
+                app.canvas.ds.scale = {scale};
+                app.canvas.ds.offset = [{offset[0]}, {offset[1]}];
+                app.canvas.setDirty(true, true);
+                return true;
+            }})()""")
+            await asyncio.sleep(SETTLE_SECONDS)
+            if args.out.suffix.lower() in (".jpg", ".jpeg"):
+                shot = await page.call("Page.captureScreenshot", format="jpeg", quality=JPEG_QUALITY)
+            else:
+                shot = await page.call("Page.captureScreenshot", format="png")
+    return base64.b64decode(shot["data"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", default="http://127.0.0.1:8188", help="a running ComfyUI with this package")
+    parser.add_argument("--workflow", type=Path, default=REPO_ROOT / "workflows" / "generate_default.json",
+                        help="UI-format workflow to show (default workflows/generate_default.json)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "img" / "comfyui_generate_default.png")
+    parser.add_argument("--width", type=int, default=1400, help="page width in px (default 1400)")
+    parser.add_argument("--height", type=int, default=800, help="page height in px (default 800)")
+    parser.add_argument("--browser", default=None, help="browser executable (default: the first of "
+                                                        f"{', '.join(BROWSERS)} on PATH)")
+    args = parser.parse_args(argv)
+
+    binary = find_browser(args.browser)
+    with tempfile.TemporaryDirectory(prefix="syncav_screenshot_", ignore_cleanup_errors=True) as profile:
+        process, port = start_browser(binary, profile, args.width, args.height)
+        try:
+            png = asyncio.run(screenshot(args, port))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial")
+    partial.write_bytes(png)
+    os.replace(partial, args.out)              # never a half-written image under the real name
+    print(f"wrote {args.out} ({len(png) // 1024} KiB, {args.width}x{args.height})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
