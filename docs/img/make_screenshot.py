@@ -11,8 +11,14 @@ From the repository root, with ComfyUI running on port 8188:
     python docs/img/make_screenshot.py --server http://127.0.0.1:8188
     python docs/img/make_screenshot.py --workflow workflows/eval_sync.json --out docs/img/eval_sync.png
 
-An ``--out`` ending in .jpg is saved as JPEG: with ``--width 800 --height 800 --out workflows/NAME.jpg`` it is the
-card picture ComfyUI's template browser shows for workflows/NAME.json (it asks for NAME.jpg beside it).
+An ``--out`` ending in .jpg is saved as JPEG. The template browser shows ``workflows/NAME.jpg`` on the card of
+workflows/NAME.json (it asks for NAME.jpg beside it and fits it into a square of 256 px); ``--graph-only`` leaves
+the editor's menus, tabs and zoom controls out of the picture. All five cards:
+
+    for w in workflows/*.json; do
+        python docs/img/make_screenshot.py --workflow "$w" --graph-only --width 800 --height 800 \
+            --out "${w%.json}.jpg"
+    done
 
 Check the result by eye: every node and its widgets readable, no dialog over the graph.
 """
@@ -41,6 +47,7 @@ NODE_TITLE_HEIGHT = 30        # the editor draws a node's title bar above its po
 # Canvas px kept free around the graph (left, top, right, bottom): the workflow tabs sit over the canvas's top,
 # the zoom controls over its bottom right.
 VIEW_MARGINS_PX = (16, 52, 16, 60)
+GRAPH_ONLY_MARGINS_PX = (16, 16, 16, 16)   # --graph-only: nothing over the canvas
 JPEG_QUALITY = 85
 
 
@@ -88,11 +95,11 @@ def graph_bounds(workflow: dict) -> tuple[float, float, float, float]:
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
-def fitted_view(bounds, canvas_px) -> tuple[float, tuple[float, float]]:
+def fitted_view(bounds, canvas_px, margins_px=VIEW_MARGINS_PX) -> tuple[float, tuple[float, float]]:
     """The editor's (scale, offset) that shows ``bounds`` as large as fits on the canvas, centred, keeping
-    VIEW_MARGINS_PX free (a canvas point is (graph point + offset) * scale)."""
+    ``margins_px`` (left, top, right, bottom) free (a canvas point is (graph point + offset) * scale)."""
     left, top, right, bottom = bounds
-    margin_left, margin_top, margin_right, margin_bottom = VIEW_MARGINS_PX
+    margin_left, margin_top, margin_right, margin_bottom = margins_px
     room_x = canvas_px[0] - margin_left - margin_right
     room_y = canvas_px[1] - margin_top - margin_bottom
     scale = min(room_x / (right - left), room_y / (bottom - top))
@@ -152,9 +159,24 @@ async def screenshot(args, port: int) -> bytes:
                     await store.closeWorkflow(other);
                 return store.openWorkflows.length;
             })()""")
+            if args.graph_only:
+                # Focus mode drops the menu bar and side bar (the canvas then fills the page); the tabs, zoom
+                # controls and the button that leaves focus mode still float over it, so hide them too. Both
+                # last as long as the page.
+                await page.evaluate("""(() => {
+                    app.extensionManager.focusMode = true;
+                    const style = document.createElement('style');
+                    style.textContent = '.graph-canvas-panel > *, .comfy-menu-hamburger '
+                                        + '{ display: none !important; }';
+                    document.head.appendChild(style);
+                    return true;
+                })()""")
+                await page.wait_for(f"app.canvas.canvas.getBoundingClientRect().width === {args.width}", 10,
+                                    "the canvas in focus mode")
             canvas = await page.evaluate("(() => { const r = app.canvas.canvas.getBoundingClientRect(); "
                                          "return [r.width, r.height]; })()")
-            scale, offset = fitted_view(graph_bounds(workflow), canvas)
+            margins = GRAPH_ONLY_MARGINS_PX if args.graph_only else VIEW_MARGINS_PX
+            scale, offset = fitted_view(graph_bounds(workflow), canvas, margins)
             # For this page only (no setting is saved on the server): full detail at any zoom (below a zoom
             # threshold the editor draws nodes without text), no minimap over the graph, no render statistics.
             await page.evaluate(f"""(() => {{
@@ -184,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "img" / "comfyui_generate_default.png")
     parser.add_argument("--width", type=int, default=1400, help="page width in px (default 1400)")
     parser.add_argument("--height", type=int, default=800, help="page height in px (default 800)")
+    parser.add_argument("--graph-only", action="store_true",
+                        help="only the canvas: no menus, side bar, tabs or zoom controls (template-browser cards)")
     parser.add_argument("--browser", default=None, help="browser executable (default: the first of "
                                                         f"{', '.join(BROWSERS)} on PATH)")
     args = parser.parse_args(argv)

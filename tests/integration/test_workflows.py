@@ -1,7 +1,7 @@
 """The shipped workflows inside a real ComfyUI (run with COMFYUI_DIR set; see tests/integration/conftest.py).
 
-* The template browser's routes list workflows/*.json under this package and serve them; the served UI file
-  converts, with the live /object_info, to its API twin.
+* The template browser's routes list workflows/*.json under this package and serve them and their card pictures
+  (NAME.jpg); the served UI file converts, with the live /object_info, to its API twin.
 * tests/fixtures/object_info.json matches the live server (with SYNCAV_UPDATE_OBJECT_INFO=1 it is rewritten from it
   instead: tests/fixtures/README.md).
 * Every API workflow but Ovi's runs on the CPU and its outputs are checked: mp4s with an audio track of the right
@@ -20,8 +20,8 @@ import urllib.parse
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_files import (OBJECT_INFO_FIXTURE, api_workflow_names, load_api, load_object_info_fixture, load_ui,
-                            prompt_of, snapshot_of, workflow_names)
+from workflow_files import (OBJECT_INFO_FIXTURE, WORKFLOWS_DIR, api_workflow_names, load_api,
+                            load_object_info_fixture, load_ui, prompt_of, snapshot_of, workflow_names)
 
 from comfyui_syncav.headless.ui_to_api import ui_to_api
 from comfyui_syncav.model.atomic_files import write_text_atomic
@@ -85,10 +85,12 @@ def test_template_browser_lists_and_serves_the_workflows(comfy_server):
     assert sorted(listed.get(PACKAGE_DIR_NAME, [])) == workflow_names(), listed
     info = comfy_server.object_info()
     for name in workflow_names():
-        path = f"/api/workflow_templates/{urllib.parse.quote(PACKAGE_DIR_NAME)}/{name}.json"
-        served = json.loads(comfy_server.request("GET", path))
+        folder = f"/api/workflow_templates/{urllib.parse.quote(PACKAGE_DIR_NAME)}"
+        served = json.loads(comfy_server.request("GET", f"{folder}/{name}.json"))
         assert served == load_ui(name)
         assert ui_to_api(served, info) == load_api(name), f"{name}: the live server's widgets differ"
+        # the card's picture: the frontend asks for NAME.jpg beside NAME.json
+        assert comfy_server.request("GET", f"{folder}/{name}.jpg") == (WORKFLOWS_DIR / f"{name}.jpg").read_bytes()
 
 
 def test_object_info_snapshot_is_current(comfy_server):
