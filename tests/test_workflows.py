@@ -194,7 +194,9 @@ def test_workflows_are_shipped_package_data():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((WORKFLOWS_DIR.parent / "pyproject.toml").read_text())
     data = project["tool"]["setuptools"]["package-data"]["comfyui_syncav"]
-    assert {"workflows/*.json", "workflows/api/*.json"} <= set(data)
+    assert {"workflows/*.json", "workflows/api/*.json", "workflows/*.jpg"} <= set(data)
+    for ui_file in WORKFLOWS_DIR.glob("*.json"):       # each card of the template browser has its picture
+        assert ui_file.with_suffix(".jpg").is_file(), ui_file.name
 
 
 # ------------------------------------------------------------------------------------------------ the snapshot
