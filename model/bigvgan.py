@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import _key_mismatch_error
+from .checkpoint import key_mismatch_error
 from .safetensors_io import CheckpointError, load_tensors, read_header
 
 
@@ -344,7 +344,7 @@ def load_bigvgan(path: str | os.PathLike, device: str | torch.device | None = No
         model = BigVGANGenerator(config)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if expected != shapes:
-        raise _key_mismatch_error(path, expected, shapes)
+        raise key_mismatch_error(path, expected, shapes)
     state = bigvgan_state_dict_for_loading({k: v.float() for k, v in load_tensors(path).items()}, path)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval().requires_grad_(False)

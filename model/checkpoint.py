@@ -15,7 +15,8 @@ import torch
 from .config import OVI_ROPE_SCALE, JointConfig, TowerConfig, get_preset
 from .fp8_ops import FP8_OPS, is_fp8, layer_weight_keys
 from .joint import JointModel
-from .safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+from .safetensors_io import (CheckpointError, describe_key_mismatch, load_tensors, read_header,
+                             save_tensors_atomic)
 
 CONFIG_METADATA_KEY = "syncav_config"
 _REQUIRED = ("video_model.patch_embedding.weight", "audio_model.patch_embedding.0.weight",
@@ -64,19 +65,9 @@ def infer_config(shapes: dict[str, list[int]], num_heads: int | None = None, pat
     )
 
 
-def _key_mismatch_error(path, expected: dict, found: dict) -> CheckpointError:
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
-             if k in found and list(found[k]) != list(expected[k])]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:5])}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:5])}")
-    if wrong:
-        parts.append(f"{len(wrong)} keys with other shapes, e.g. {'; '.join(wrong[:3])}")
-    return CheckpointError(f"{path}: checkpoint of another architecture: " + "; ".join(parts))
+def key_mismatch_error(path, expected: dict, found: dict) -> CheckpointError:
+    """The error for a file whose ``{key: shape}`` layout is not the network's."""
+    return CheckpointError(f"{path}: checkpoint of another architecture: {describe_key_mismatch(expected, found, 5)}")
 
 
 def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -110,7 +101,7 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
         model = JointModel(config, operations)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if expected != shapes:
-        raise _key_mismatch_error(path, expected, shapes)
+        raise key_mismatch_error(path, expected, shapes)
 
     if dtype is None:
         dtype = torch.bfloat16 if stored & _FP8 else (torch.bfloat16 if stored == {"BF16"} else

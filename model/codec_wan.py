@@ -29,7 +29,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from .codec import VideoCodec
-from .safetensors_io import CheckpointError, load_tensors, read_header
+from .safetensors_io import CheckpointError, describe_key_mismatch, load_tensors, read_header
 
 WAN22_LATENT_CHANNELS = 48
 WAN22_FPS = 24.0     # Wan2.2 TI2V-5B and Ovi generate at 24 frames per second (121 frames = 5 s)
@@ -218,18 +218,7 @@ def _widths_from_metadata(metadata: Mapping[str, str], path: str) -> dict:
 
 
 def _mismatch_message(path: str, expected: Mapping[str, list[int]], found: Mapping[str, list[int]]) -> str:
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
-             if k in found and list(found[k]) != list(expected[k])]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:4])}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:4])}")
-    if wrong:
-        parts.append(f"{len(wrong)} tensors of another shape, e.g. {'; '.join(wrong[:3])}")
-    return f"{path}: expected {_EXPECTED_FILE}; " + "; ".join(parts)
+    return f"{path}: expected {_EXPECTED_FILE}; {describe_key_mismatch(expected, found)}"
 
 
 # ------------------------------------------------------------------------------------------- tiling

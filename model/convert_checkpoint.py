@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import _key_mismatch_error
+from .checkpoint import key_mismatch_error
 from .bigvgan import BigVGANGenerator, bigvgan_state_dict_for_loading, infer_bigvgan_config
 from .mmaudio_vae import MMAudioVAE, infer_mmaudio_vae_config
 from .safetensors_io import CheckpointError, save_tensors_atomic
@@ -103,7 +103,7 @@ def _expect_keys(path: str, model: torch.nn.Module, state: dict[str, torch.Tenso
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     found = {k: list(v.shape) for k, v in state.items()}
     if expected != found:
-        raise _key_mismatch_error(path, expected, found)
+        raise key_mismatch_error(path, expected, found)
 
 
 def prepare_state_dict(state: dict[str, torch.Tensor], kind: str, path: str = "checkpoint"

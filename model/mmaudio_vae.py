@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import _key_mismatch_error
+from .checkpoint import key_mismatch_error
 from .safetensors_io import CheckpointError, load_tensors, read_header
 
 MP_SILU_GAIN = 0.596          # std of silu(x) for x ~ N(0, 1): dividing by it keeps unit variance
@@ -319,7 +319,7 @@ def load_mmaudio_vae(path: str | os.PathLike, device: str | torch.device | None 
         model = MMAudioVAE(config)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if expected != shapes:
-        raise _key_mismatch_error(path, expected, shapes)
+        raise key_mismatch_error(path, expected, shapes)
     state = {k: v.float() for k, v in load_tensors(path).items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.normalize_weights_()

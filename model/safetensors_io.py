@@ -55,3 +55,21 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLik
     half-written file under the final name."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def describe_key_mismatch(expected: dict, found: dict, examples: int = 4) -> str:
+    """What differs between two ``{key: shape}`` layouts: missing keys, unexpected keys, other shapes (a few of
+    each), for the error raised when a file holds another network than the one being loaded."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
+             if k in found and list(found[k]) != list(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:examples])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:examples])}")
+    if wrong:
+        parts.append(f"{len(wrong)} tensors of another shape, e.g. {'; '.join(wrong[:3])}")
+    return "; ".join(parts)
+
