@@ -32,8 +32,8 @@ OVI_TEXT_LENGTH = 512
 
 
 class OviTextEncoder(TextEncoder):
-    """UMT5-XXL for an Ovi pipeline, loaded on first use (inside ComfyUI a CLIP input usually replaces it, and the
-    11 GB encoder should not be loaded for nothing). Carries the variant's prompt style.
+    """UMT5-XXL for an Ovi pipeline, loaded on first use (a CLIP connected to SyncAV Text Encode may replace it, and
+    the 11 GB encoder should not be loaded for nothing). Carries the variant's prompt style.
 
     ``load``: returns the real encoder (e.g. ``lambda: UMT5TextEncoder(...)``); it may raise FileNotFoundError
     naming what is missing, which then surfaces at the first ``encode``.

@@ -12,8 +12,9 @@ joint model        diffusion_models    per variant: Ovi's own ``model.safetensor
 video VAE          vae                 ``wan2.2_vae.safetensors`` (Wan2.2 VAE, 48 channels)
 audio VAE          vae (or mmaudio)    ``mmaudio_vae_16k_fp32.safetensors`` (MMAudio 16 kHz VAE)
 vocoder            vae (or mmaudio)    ``mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors`` (BigVGAN 16 kHz)
-text encoder       text_encoders       ``umt5_xxl_fp16.safetensors`` (UMT5-XXL encoder) and, for loading it
-                                       outside ComfyUI's CLIP loader, its ``config.json`` and tokenizer in
+text encoder       text_encoders       ``umt5_xxl_fp16.safetensors`` (UMT5-XXL encoder; inside ComfyUI its
+                                       CLIP loader reads it) and, for loading it outside ComfyUI through
+                                       transformers, its ``config.json`` and tokenizer in
                                        ``text_encoders/umt5-xxl/``
 =================  ==================  ==============================================================
 
@@ -64,8 +65,9 @@ VOCODER = ModelFile("vocoder (BigVGAN 16 kHz)", ("vae", "mmaudio"),
                      "mmaudio_vocoder_bigvgan_best_netG_bf16.safetensors", "bigvgan_16k.safetensors",
                      "best_netG.safetensors"))
 TEXT_ENCODER = ModelFile("text encoder (UMT5-XXL)", ("text_encoders",),
-                         ("umt5_xxl_fp16.safetensors", "umt5-xxl-enc-bf16.safetensors", "umt5_xxl_bf16.safetensors"))
-# config.json and tokenizer files of google/umt5-xxl, for the transformers encoder (not needed with a CLIP input).
+                         ("umt5_xxl_fp16.safetensors", "umt5-xxl-enc-bf16.safetensors", "umt5_xxl_bf16.safetensors",
+                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))   # fp8: ComfyUI's CLIP loader only
+# config.json and tokenizer files of google/umt5-xxl, for the transformers encoder (ComfyUI's CLIP loader needs none).
 TEXT_ENCODER_CONFIG_FOLDERS = ("umt5-xxl", "google/umt5-xxl", "umt5_xxl")
 
 
@@ -103,7 +105,7 @@ class OviVariant:
 
     @property
     def files(self) -> tuple[ModelFile, ...]:
-        """Every file the pipeline needs except the text encoder (inside ComfyUI that comes from a CLIP input)."""
+        """Every file the pipeline needs except the text encoder (loaded at its first encode, if at all)."""
         return (self.model_file, VIDEO_VAE, AUDIO_VAE, VOCODER)
 
 
@@ -264,5 +266,4 @@ def find_text_encoder_files(finder: FileFinder, describe: FolderDescriber | None
     raise FileNotFoundError(
         f"Ovi text encoder: no config.json and tokenizer for {os.path.basename(weights)!r}: expected a folder "
         f"{TEXT_ENCODER_CONFIG_FOLDERS[0]!r} beside it in models/text_encoders holding google/umt5-xxl's config.json "
-        "and tokenizer files. Inside ComfyUI, connect a CLIP (Load CLIP, type wan, umt5_xxl) to SyncAV Text "
-        "Encode instead.")
+        "and tokenizer files (inside ComfyUI the weights file alone is enough: ComfyUI's CLIP loader reads it).")

@@ -2,7 +2,8 @@
 
 Output follows the Wan/Ovi convention: the encoder's last hidden states of the real tokens (the prompt's pieces and
 its closing ``</s>``, so an empty prompt has length 1), and zero rows after them, padded to ``max_length`` rows.
-Inside ComfyUI the node layer may use ComfyUI's own CLIP loader instead; this class serves scripts and tests.
+Inside ComfyUI the Loader loads UMT5-XXL through ComfyUI's own CLIP loader instead (nodes/clip_text_encoder.py);
+this class serves scripts, the CLI and tests.
 """
 
 from __future__ import annotations

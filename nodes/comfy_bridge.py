@@ -8,7 +8,8 @@ functions: importing the package never needs ComfyUI. When ComfyUI is not import
 * ``step_progress`` shows a tqdm bar (or nothing if tqdm is missing) instead of ComfyUI's ProgressBar;
 * ``operations`` is None (the library's torch.nn layers) instead of ``comfy.ops.manual_cast``;
 * ``diffusion_model_names`` lists nothing and ``diffusion_model_path`` only resolves existing paths;
-  ``find_model_file`` searches ``$SYNCAV_MODELS_DIR`` (default ``./models``).
+  ``find_model_file`` searches ``$SYNCAV_MODELS_DIR`` (default ``./models``);
+* ``load_text_encoder_clip`` has no stand-in: outside ComfyUI text encoders load through transformers.
 
 Set the environment variable ``SYNCAV_NO_COMFYUI=1`` to force the stand-ins even where ComfyUI is importable.
 """
@@ -259,6 +260,21 @@ def model_folder_paths(folders) -> list[str]:
         except KeyError:
             paths.append(os.path.join(folder_paths.models_dir, folder))
     return paths
+
+
+def load_text_encoder_clip(path: str, clip_type: str):
+    """ComfyUI's CLIP for one text-encoder file, loaded as its Load CLIP node loads it: ``comfy.sd.load_clip`` with
+    the CLIPType named ``clip_type`` (``"wan"``: UMT5-XXL) and the embeddings folder. ComfyUI then manages its
+    memory (weights on the load device while encoding, offloaded after). Only inside ComfyUI."""
+    if not comfy_available():
+        raise RuntimeError(f"{path}: loading a text encoder as a ComfyUI CLIP needs ComfyUI; outside it the text "
+                           "encoder loads through transformers")
+    sd = _comfy("comfy.sd")
+    kind = getattr(sd.CLIPType, clip_type.upper(), None)
+    if kind is None:
+        raise ValueError(f"clip_type: {clip_type!r} is not a CLIP type of this ComfyUI")
+    embeddings = _comfy("folder_paths").get_folder_paths("embeddings")
+    return sd.load_clip(ckpt_paths=[path], embedding_directory=embeddings, clip_type=kind)
 
 
 # ------------------------------------------------------------------------------------------------ folders

@@ -13,12 +13,13 @@ from ..model.codec_tiny import TinyAudioCodec, TinyVideoCodec
 from ..model.config import TINY_TEXT_DIM, get_preset
 from ..model.joint import JointModel
 from ..model.ovi_pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, umt5_loader
-from ..model.ovi_variants import PRESET_LABELS, VARIANTS_BY_LABEL, OviVariant, find_text_encoder_files, \
-    find_variant_files, recognise_variant, uses_ovi_codecs
+from ..model.ovi_variants import PRESET_LABELS, TEXT_ENCODER, VARIANTS_BY_LABEL, OviVariant, find_file, \
+    find_text_encoder_files, find_variant_files, recognise_variant, uses_ovi_codecs
 from ..model.pipeline import (AVPipeline, build_embedded_default, build_embedded_sync_tuned,
                               embedded_text_encoder)
 from ..model.safetensors_io import CheckpointError, read_header
 from . import comfy_bridge
+from .clip_text_encoder import load_umt5_xxl_clip
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,15 @@ def _check_embedded_codecs(path: str, name: str) -> None:
 
 
 def ovi_text_encoder(variant: OviVariant) -> OviTextEncoder:
-    """UMT5-XXL through transformers from models/text_encoders, loaded at its first use only: inside ComfyUI a
-    CLIP input on SyncAV Text Encode usually encodes instead, and then nothing is loaded."""
+    """UMT5-XXL from models/text_encoders, loaded at its first encode only: when a CLIP connected to SyncAV Text
+    Encode encodes instead, nothing is loaded. Inside ComfyUI it loads through ComfyUI's own CLIP loader (type wan,
+    the weights file alone, as Load CLIP takes it; ComfyUI manages its memory); outside through transformers, which
+    also needs the config and tokenizer folder beside it. A missing file fails then, naming it and its folder."""
     def load():
+        if comfy_bridge.comfy_available():
+            weights = find_file(TEXT_ENCODER, comfy_bridge.find_model_file, "Ovi text encoder",
+                                comfy_bridge.model_folder_paths)
+            return load_umt5_xxl_clip(weights, encoder.dim, encoder.max_length)
         weights, config_dir = find_text_encoder_files(comfy_bridge.find_model_file, comfy_bridge.model_folder_paths)
         # The width the joint model was fitted to: a UMT5 of another width is refused from its config.json,
         # before its (up to 11 GB of) weights are read.
@@ -184,9 +191,9 @@ class SyncAVLoader:
                            "model in models/diffusion_models (Ovi's model.safetensors, model_960x960.safetensors, "
                            "model_960x960_10s.safetensors, model_fp8_e4m3fn.safetensors), wan2.2_vae.safetensors, "
                            "mmaudio_vae_16k_fp32.safetensors and mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors in "
-                           "models/vae; the text comes from a CLIP (umt5_xxl, type wan) connected to SyncAV Text "
-                           "Encode. Otherwise a .safetensors joint model from models/diffusion_models (Ovi files "
-                           "are recognised)."}),
+                           "models/vae, and umt5_xxl_fp16.safetensors in models/text_encoders (loaded at the first "
+                           "prompt, not at all when a CLIP is connected to SyncAV Text Encode). Otherwise a "
+                           ".safetensors joint model from models/diffusion_models (Ovi files are recognised)."}),
             "dtype": (list(DTYPES), {
                 "default": "auto",
                 "tooltip": "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default; "
@@ -203,7 +210,7 @@ class SyncAVLoader:
     CATEGORY = "SyncAV"
     DESCRIPTION = ("Loads a SyncAV joint audio-video model with its codecs and text encoder. The embedded default "
                    "needs no files; the Ovi presets load Ovi's joint model with the Wan2.2 VAE, the MMAudio 16 kHz "
-                   "VAE and its BigVGAN vocoder.")
+                   "VAE and its BigVGAN vocoder, and UMT5-XXL at the first prompt.")
 
     def load(self, checkpoint: str, dtype: str):
         pipeline = load_pipeline(checkpoint, dtype)

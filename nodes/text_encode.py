@@ -2,21 +2,17 @@
 
 For an Ovi model (its text encoder carries a ``prompt_style``) the video prompt, the spoken lines and the sound
 description are joined into Ovi's one prompt (model/ovi_prompt.py), which both towers read, and empty negatives
-become Ovi's defaults. An optional CLIP input (ComfyUI's Load CLIP with the Wan UMT5-XXL file) encodes instead of
-the loader's text encoder.
+become Ovi's defaults. An optional CLIP input (e.g. ComfyUI's Load CLIP with the Wan UMT5-XXL file) encodes instead
+of the loader's text encoder, the way the Ovi presets' own encoder encodes inside ComfyUI (nodes/clip_text_encoder.py).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-
-import torch
 
 from ..model.ovi_prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE, build_ovi_prompt, speech_lines
 from ..model.text import EncodedText, TextEncoder
-
-log = logging.getLogger(__name__)
+from .clip_text_encoder import ComfyClipTextEncoder
 
 
 @dataclass
@@ -64,7 +60,9 @@ class SyncAVTextEncode:
                            "defaults. Other models: used as the audio prompt when that is empty."}),
             "clip": ("CLIP", {
                 "tooltip": "Optional: encode with this CLIP instead of the loader's text encoder (Ovi: Load CLIP "
-                           "with umt5_xxl_fp16 or its fp8 version, type wan)."}),
+                           "with umt5_xxl_fp16 or its fp8 version, type wan). The Ovi presets do not need it: they "
+                           "load models/text_encoders/umt5_xxl_fp16.safetensors at the first prompt, unless a CLIP "
+                           "is connected here."}),
         }}
 
     RETURN_TYPES = ("SYNCAV_CONDITIONING",)
@@ -102,41 +100,13 @@ class SyncAVTextEncode:
                                  "leave speech empty or load an Ovi model")
             if not audio_prompt.strip():
                 texts["audio_prompt"] = sound if sound.strip() else video_prompt
-        encode = self._clip_encoder(clip, text_encoder) if clip is not None else \
-            (lambda text: text_encoder.encode([text]))
+        encoder = text_encoder if clip is None else \
+            ComfyClipTextEncoder(clip, text_encoder.dim, int(getattr(text_encoder, "max_length", 512)), label="clip")
 
         def one(text: str) -> EncodedText:
-            return encode(text.strip())
+            return encoder.encode([text.strip()])
 
         conditioning = SyncAVConditioning(
             positive=(one(texts["video_prompt"]), one(texts["audio_prompt"])),
             negative=(one(texts["video_negative"]), one(texts["audio_negative"])), prompts=texts)
         return (conditioning,)
-
-    @staticmethod
-    def _clip_encoder(clip, text_encoder: TextEncoder):
-        """text -> EncodedText [1, <=max_length, D] with a ComfyUI CLIP (``tokenize`` / ``encode_from_tokens``)."""
-        if not (hasattr(clip, "tokenize") and hasattr(clip, "encode_from_tokens")):
-            raise ValueError(f"clip: expected a CLIP from ComfyUI's Load CLIP, received {type(clip).__name__}")
-        rows = int(getattr(text_encoder, "max_length", 512))
-
-        def encode(text: str) -> EncodedText:
-            out = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)
-            cond = out["cond"] if isinstance(out, dict) else out[0]
-            if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or cond.shape[0] != 1:
-                got = list(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-                raise ValueError(f"clip: expected an encoding [1, tokens, width], received {got}")
-            if cond.shape[2] != text_encoder.dim:
-                raise ValueError(f"clip: encodes {cond.shape[2]}-wide embeddings; this model takes {text_encoder.dim} "
-                                 "(Ovi: the Wan UMT5-XXL, loaded with type wan)")
-            cond = cond.detach().float().cpu()
-            if cond.shape[1] > rows:
-                if cond[0, rows:].abs().amax() > 0:
-                    log.warning("SyncAV Text Encode: prompt of more than %d tokens truncated: %r", rows, text[:80])
-                cond = cond[:, :rows]
-            # ComfyUI zeroes the rows past the prompt (Wan's UMT5 setup), so the length is the last non-zero row.
-            nonzero = (cond[0].abs().amax(dim=1) > 0).nonzero()
-            length = int(nonzero[-1]) + 1 if len(nonzero) else 1
-            return EncodedText(cond, torch.tensor([length], dtype=torch.int64)).padded_to(rows)
-
-        return encode

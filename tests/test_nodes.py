@@ -343,6 +343,136 @@ def test_ovi_text_encoder_without_files_or_clip_says_what_is_missing(ovi_models_
         node("SyncAVTextEncode").encode(text_encoder, "A man waves.", "", "", "")
 
 
+class FixedClip:
+    """A CLIP whose every prompt encodes to ``cond`` (ComfyUI CLIPs return it in their compute dtype)."""
+
+    def __init__(self, cond: torch.Tensor):
+        self.cond = cond
+
+    def tokenize(self, text):
+        return {"umt5xxl": text}
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        return {"cond": self.cond, "pooled_output": None}
+
+
+def test_comfy_clip_text_encoder_measures_pads_and_checks_the_width(caplog):
+    from ovi_stand_ins import StandInClip, StandInUMT5
+
+    from comfyui_syncav.nodes.clip_text_encoder import ComfyClipTextEncoder
+
+    encoder = ComfyClipTextEncoder(StandInClip(), dim=4096, max_length=512)
+    out = encoder.encode(["a man waves", ""])
+    assert out.embeddings.shape == (2, 512, 4096) and out.embeddings.dtype == torch.float32
+    assert out.lengths.tolist() == [4, 1]          # 3 words + </s>; an empty prompt is its </s> alone
+    expected = StandInUMT5().encode(["a man waves", ""]).embeddings.half().float()
+    assert torch.equal(out.embeddings, expected)
+    assert out.embeddings[0, 4:].abs().max() == 0 and out.embeddings[0, 3].abs().max() > 0
+
+    # a CLIP that returns fewer rows (77, as CLIP-L) is zero-padded to the model's 512
+    short = torch.zeros(1, 77, 4096, dtype=torch.float16)
+    short[0, :6] = 0.5
+    out = ComfyClipTextEncoder(FixedClip(short), dim=4096, max_length=512).encode(["six tokens"])
+    assert out.embeddings.shape == (1, 512, 4096) and out.lengths.tolist() == [6]
+    assert out.embeddings[0, :6].eq(0.5).all() and out.embeddings[0, 6:].abs().max() == 0
+
+    # more rows than the model takes: cut to 512, with a warning only when the prompt reaches past them
+    long = torch.zeros(1, 600, 4096)
+    long[0, :550] = 1.0
+    with caplog.at_level("WARNING"):
+        out = ComfyClipTextEncoder(FixedClip(long), dim=4096, max_length=512).encode(["a long prompt"])
+    assert out.embeddings.shape == (1, 512, 4096) and out.lengths.tolist() == [512]
+    assert "prompt of more than 512 tokens truncated: 'a long prompt'" in caplog.text
+    caplog.clear()
+    long[0, 300:] = 0.0
+    with caplog.at_level("WARNING"):
+        out = ComfyClipTextEncoder(FixedClip(long), dim=4096, max_length=512).encode(["a short prompt"])
+    assert out.lengths.tolist() == [300] and "truncated" not in caplog.text
+
+    with pytest.raises(ValueError, match=r"clip: encodes 768-wide embeddings; this model takes 4096 \(Ovi models "
+                                         r"take Wan's UMT5-XXL: Load CLIP with type wan\)"):
+        ComfyClipTextEncoder(StandInClip(width=768), dim=4096, max_length=512).encode(["a man"])
+    with pytest.raises(ValueError, match=r"clip: expected an encoding \[1, tokens, width\], received \[512, 4096\]"):
+        ComfyClipTextEncoder(FixedClip(torch.zeros(512, 4096)), dim=4096, max_length=512).encode(["a man"])
+    with pytest.raises(ValueError, match="clip: expected a CLIP from ComfyUI's Load CLIP, received str"):
+        ComfyClipTextEncoder("umt5_xxl_fp16.safetensors", dim=4096, max_length=512)
+    with pytest.raises(ValueError, match="clip: expected a list of prompts, received str"):
+        encoder.encode("a man waves")
+
+
+def write_umt5_xxl_header(path, blocks: int = 24, width: int = 4096, bias_in_every_block: bool = True) -> None:
+    """A safetensors file with the keys ComfyUI tells UMT5-XXL by (its last block's gated feed-forward layer, the
+    relative attention bias of each block), the tensors cut down to one row: enough for the header check."""
+    from comfyui_syncav.model.safetensors_io import save_tensors_atomic
+
+    state = {}
+    for block in range(blocks):
+        state[f"encoder.block.{block}.layer.1.DenseReluDense.wi_1.weight"] = torch.zeros(1, width, dtype=torch.float16)
+        if bias_in_every_block or block == 0:
+            state[f"encoder.block.{block}.layer.0.SelfAttention.relative_attention_bias.weight"] = \
+                torch.zeros(32, 1, dtype=torch.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors_atomic(state, path)
+
+
+def test_ovi_preset_inside_comfyui_loads_umt5_as_a_wan_clip_at_the_first_prompt(ovi_models_dir, monkeypatch):
+    """Inside ComfyUI (its lookups and CLIP loader stood in for) the preset's text encoder reads the UMT5-XXL file
+    alone through ComfyUI's CLIP loader, type wan, once, at the first encode; a missing or wrong file fails then."""
+    from ovi_stand_ins import StandInClip, write_ovi_files
+
+    from comfyui_syncav.model.ovi_variants import folder_tree_finder, get_variant
+
+    write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
+    with torch.inference_mode():
+        _, _, text_encoder = node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
+    loads = []
+
+    def load_clip(path, clip_type):
+        loads.append((path, clip_type))
+        return StandInClip()
+
+    monkeypatch.setattr(comfy_bridge, "comfy_available", lambda: True)
+    monkeypatch.setattr(comfy_bridge, "find_model_file", folder_tree_finder(ovi_models_dir))
+    monkeypatch.setattr(comfy_bridge, "model_folder_paths",
+                        lambda folders: [str(ovi_models_dir / folder) for folder in folders])
+    monkeypatch.setattr(comfy_bridge, "load_text_encoder_clip", load_clip)
+
+    def encode():
+        with torch.inference_mode():
+            return node("SyncAVTextEncode").encode(text_encoder, "A man waves.", "", "", "", speech="Hello!")[0]
+
+    with pytest.raises(FileNotFoundError, match=r"Ovi text encoder: text encoder \(UMT5-XXL\) file "
+                                                r"'umt5_xxl_fp16.safetensors' not found in models/text_encoders"):
+        encode()
+    weights = ovi_models_dir / "text_encoders" / "umt5_xxl_fp16.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")                                         # an interrupted download
+    with pytest.raises(ValueError, match=r"Ovi text encoder for the joint model model.safetensors \(4096-wide "
+                                         r"text\): .*umt5_xxl_fp16.safetensors: not a safetensors file"):
+        encode()
+    write_umt5_xxl_header(weights, blocks=2)
+    with pytest.raises(ValueError, match=r"umt5_xxl_fp16.safetensors: not UMT5-XXL, Wan's text encoder .*found 2 "
+                                         r"encoder blocks"):
+        encode()
+    write_umt5_xxl_header(weights, bias_in_every_block=False)        # Flux's t5xxl under UMT5's name
+    with pytest.raises(ValueError, match=r"a T5-XXL encoder \(as Flux and SD3 use\), not UMT5-XXL"):
+        encode()
+    write_umt5_xxl_header(weights, width=768)
+    with pytest.raises(ValueError, match=r"umt5_xxl_fp16.safetensors gives 768-wide embeddings, expected 4096"):
+        encode()
+    assert not loads and not text_encoder.loaded                     # every wrong file refused before loading
+
+    write_umt5_xxl_header(weights)
+    cond = encode()
+    assert loads == [(str(weights), "wan")] and text_encoder.loaded
+    video, audio = cond.positive
+    assert video.embeddings.shape == (1, 512, 4096) and video.lengths.tolist() == [5]   # 4 pieces + </s>
+    assert torch.equal(video.embeddings, audio.embeddings)
+    assert cond.negative[0].lengths.tolist() == [6]                  # "jitter, bad hands, blur, distortion" + </s>
+    encode()
+    assert len(loads) == 1                                           # loaded once, kept by the Loader's output
+
+
 def test_ovi_file_from_the_list_is_recognised(ovi_models_dir):
     from ovi_stand_ins import write_ovi_files
 

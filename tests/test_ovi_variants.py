@@ -197,10 +197,11 @@ def test_missing_files_are_named_with_their_folder(tmp_path):
         find_text_encoder_files(folder_tree_finder(tmp_path))
 
 
-def test_text_encoder_without_config_points_to_the_clip_input(tmp_path):
+def test_text_encoder_without_config_names_the_folder_transformers_needs(tmp_path):
     (tmp_path / "text_encoders").mkdir()
     (tmp_path / "text_encoders" / "umt5_xxl_fp16.safetensors").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"config.json.*connect a CLIP"):
+    with pytest.raises(FileNotFoundError, match=r"expected a folder 'umt5-xxl' beside it .*config.json.*inside "
+                                                r"ComfyUI the weights file alone is enough"):
         find_text_encoder_files(folder_tree_finder(tmp_path))
 
 

@@ -1,5 +1,6 @@
 """Ovi inside a real ComfyUI on the CPU: an fp8 joint model in Ovi's key layout with the real codec classes and a
-UMT5 encoder, all at tiny widths, placed in the server's models/ folders and run through the graph a user draws.
+UMT5-XXL text encoder, all at tiny widths, placed in the server's models/ folders and run through the graph a user
+draws.
 
 * The fp8 file, chosen from the Loader's file list (dtype auto), goes Loader -> Text Encode (speech + sound) ->
   Empty AV Latent (720 x 720 asked, 704 x 704 made: Ovi's sizing) -> SyncCFG Sampler (2 steps) -> Decode ->
@@ -9,15 +10,21 @@ UMT5 encoder, all at tiny widths, placed in the server's models/ folders and run
   through the "Ovi 720x720 5s fp8" preset with dtype bf16. float8_e4m3fn -> bf16 is exact, so both hold the same
   numbers; on a CPU ComfyUI casts both to fp32 per call and the frames come out identical to the bit (a device
   computing in bf16 could round differently, hence a small tolerance).
+* The text comes from the Loader's own text encoder: models/text_encoders/umt5_xxl_fp16.safetensors alone (no config
+  or tokenizer folder), loaded through ComfyUI's CLIP loader with type wan at the first prompt. Without that file
+  the first prompt fails in SyncAV Text Encode with the "not found in models/text_encoders" message.
 * The preset whose joint model is missing fails at execution with the Loader's "not found in models/..." message.
 
 The model is tiny (32 wide, 2 blocks) but takes 4096-wide text, UMT5-XXL's width, as every Ovi model does: that
-is what makes the Loader recognise a file from the list as an Ovi model (and the tiny UMT5 is 4096 wide to match).
+is what makes the Loader recognise a file from the list as an Ovi model. The UMT5-XXL file is ComfyUI's layout
+(24 blocks 4096 wide, its sentencepiece tokenizer inside as ``spiece_model``) with tiny heads, feed-forward layers
+and vocabulary; the test server's probe module shrinks ComfyUI's UMT5-XXL config to match (probe_nodes).
 The clip is 0.2 s (5 frames at 24 fps): at 704 x 704 px the Wan VAE decode is most of each prompt's time.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -26,15 +33,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_ovi_end_to_end import tiny_ovi_config, write_published_audio_files, write_umt5, write_wan_vae
+from test_ovi_end_to_end import tiny_ovi_config, write_published_audio_files, write_wan_vae
 
 from comfyui_syncav.cli import main
 from comfyui_syncav.model.checkpoint import CONFIG_METADATA_KEY
 from comfyui_syncav.model.fp8_ops import layer_weight_keys, quantize_to_fp8
 from comfyui_syncav.model.joint import JointModel
 from comfyui_syncav.model.media_io import probe_mp4
-from comfyui_syncav.model.ovi_variants import AUDIO_VAE, VIDEO_VAE, VOCODER
+from comfyui_syncav.model.ovi_variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER
 from comfyui_syncav.model.safetensors_io import read_header, save_tensors_atomic
+
+from .probe_nodes import TINY_UMT5_XXL_CONFIG
 
 UMT5_XXL_WIDTH = 4096
 FP8_FILE = "Ovi/model_fp8_e4m3fn.safetensors"      # as listed in models/diffusion_models
@@ -47,6 +56,32 @@ TIMINGS: dict[str, float] = {}
 
 
 # ------------------------------------------------------------------------------------------------ files
+
+def write_comfy_umt5_xxl(path: Path) -> None:
+    """UMT5-XXL as ComfyUI's Wan text-encoder files hold it (encoder keys, the embedding as ``shared.weight``, the
+    sentencepiece tokenizer as the byte tensor ``spiece_model``, fp16), at ComfyUI's 24 blocks and 4096 width with
+    the probe's tiny heads, feed-forward layers and vocabulary. The tokenizer is trained on the test's prompts."""
+    import sentencepiece
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tiny = TINY_UMT5_XXL_CONFIG
+    lines = [PROMPT, SPEECH, SOUND, "jitter, bad hands, blur, distortion", "robotic, muffled, echo, distorted",
+             "A woman in a yellow raincoat stands on a busy city street in the rain."] * 20
+    proto = io.BytesIO()
+    # UMT5's special ids: pad 0, </s> 1, unk 2, no <s>.
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=proto, vocab_size=tiny["vocab_size"], model_type="bpe",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2)
+    config = UMT5Config(vocab_size=tiny["vocab_size"], d_model=UMT5_XXL_WIDTH, d_kv=tiny["d_kv"],
+                        num_heads=tiny["num_heads"], d_ff=tiny["d_ff"], num_layers=24,
+                        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+    torch.manual_seed(4)
+    model = UMT5EncoderModel(config)
+    state = {k: v.half() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    state["spiece_model"] = torch.frombuffer(bytearray(proto.getvalue()), dtype=torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors_atomic(state, path)
+
 
 def write_fp8_joint_model(path: Path) -> None:
     """The tiny Ovi-layout model stored as the public fp8 conversion stores Ovi: Linear / Conv weights in
@@ -62,7 +97,7 @@ def write_fp8_joint_model(path: Path) -> None:
 @pytest.fixture(scope="module")
 def ovi_models(comfy_server, tmp_path_factory):
     """Every file the fp8 model needs, in the server's models/ folders (the joint model in diffusion_models/Ovi,
-    the Wan2.2 VAE, MMAudio VAE and vocoder in vae, UMT5 in text_encoders with umt5-xxl/ beside it); the files are
+    the Wan2.2 VAE, MMAudio VAE and vocoder in vae, the UMT5-XXL file alone in text_encoders); the files are
     removed afterwards, since other tests expect a fresh server's empty file lists. Folders stay: ComfyUI's
     file-list cache stats every folder it has listed and fails (FileNotFoundError) on one that was removed."""
     models = comfy_server.models_dir
@@ -75,7 +110,7 @@ def ovi_models(comfy_server, tmp_path_factory):
         vae_pth, vocoder_pth = write_published_audio_files(tmp_path_factory.mktemp("downloads"))
         assert main(["convert", str(vae_pth), str(models / "vae" / AUDIO_VAE.name)]) == 0
         assert main(["convert", str(vocoder_pth), str(models / "vae" / VOCODER.name)]) == 0
-        write_umt5(models, width=UMT5_XXL_WIDTH)
+        write_comfy_umt5_xxl(models / "text_encoders" / TEXT_ENCODER.name)
         yield models
     finally:
         for path in {path for path in models.rglob("*") if path.is_file()} - before:
@@ -105,7 +140,7 @@ def ovi_graph(checkpoint: str, dtype: str, prefix: str, save_video: bool = True)
         "5": {"class_type": "SyncAVDecode", "inputs": {"codecs": ["1", 1], "latent": ["4", 0]}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": f"{prefix}/frame"}},
         "7": {"class_type": "SyncAVTestWeightReport", "inputs": {
-            "model": ["1", 0], "after": ["4", 0], "codecs": ["1", 1]}},
+            "model": ["1", 0], "after": ["4", 0], "codecs": ["1", 1], "text_encoder": ["1", 2]}},
     }
     if save_video:
         graph["8"] = {"class_type": "CreateVideo", "inputs": {"images": ["5", 0], "fps": ["5", 2], "audio": ["5", 1]}}
@@ -184,6 +219,10 @@ def test_fp8_weights_stay_fp8_inside_comfyui(fp8_run, bf16_run):
     fp8, bf16 = weight_report(fp8_run), weight_report(bf16_run)
     print(f"\nfp8 auto: {fp8}\npreset bf16: {bf16}")
     assert fp8["pipeline"] == {"class": "OviPipeline", "name": "model_fp8_e4m3fn", "variant": "720x720_5s_fp8"}
+    # The text came from UMT5-XXL loaded through ComfyUI's own CLIP loader, from the weights file alone.
+    assert fp8["text_encoder"]["loaded"] and fp8["text_encoder"]["encoder"] == "ComfyClipTextEncoder"
+    assert fp8["text_encoder"]["clip"] == "comfy.sd.CLIP"
+    assert fp8["text_encoder"]["path"].endswith("text_encoders/umt5_xxl_fp16.safetensors")
     assert bf16["pipeline"]["variant"] == "720x720_5s_fp8"
     # ComfyUI's own cast-per-call layers hold the matrices: fp8 as stored after sampling, every one of them.
     assert all(cls.startswith("comfy.ops.") for cls in fp8["layer_classes"]), fp8["layer_classes"]
@@ -224,4 +263,27 @@ def test_preset_with_its_joint_model_missing_fails_naming_the_file(comfy_server,
     assert ("Ovi 720x720 5s: joint model file 'model.safetensors' not found in models/diffusion_models "
             "(also accepted: ovi_720x720_5s.safetensors); searched ") in message
     assert str(ovi_models / "diffusion_models") in message
+    assert not comfy_server.output_files(entry)
+
+
+def test_without_the_text_encoder_file_the_first_prompt_fails_naming_it(comfy_server, ovi_models):
+    """The Loader's own text encoder looks for its file at the first encode: without it SyncAV Text Encode fails,
+    naming the file and its folder. (dtype fp32: Loader inputs no other test uses, so ComfyUI runs the Loader again
+    rather than reusing an output whose text encoder another prompt has loaded.)"""
+    weights = ovi_models / "text_encoders" / TEXT_ENCODER.name
+    away = weights.with_name("moved_away.bin")
+    weights.rename(away)
+    try:
+        entry = run_timed(comfy_server, "missing umt5_xxl_fp16.safetensors (error)",
+                          ovi_graph(FP8_FILE, "fp32", "ovi_no_text_encoder", save_video=False), check=False)
+    finally:
+        away.rename(weights)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert (error["node_id"], error["node_type"], error["exception_type"]) == \
+        ("2", "SyncAVTextEncode", "FileNotFoundError")
+    message = error["exception_message"]
+    assert ("Ovi text encoder: text encoder (UMT5-XXL) file 'umt5_xxl_fp16.safetensors' not found in "
+            "models/text_encoders") in message
+    assert str(ovi_models / "text_encoders") in message
     assert not comfy_server.output_files(entry)

@@ -4,8 +4,8 @@ Every run goes through the UI-format files in workflows/, converted with the liv
 
 * each workflow that runs on a CPU exits 0 and downloads its mp4s, each with a video and an audio track of the
   clip's length (the DPO one trains 2 steps under its own name, through --set);
-* generate_ovi passes validation once its text encoder file exists (a placeholder of that name), then fails in the
-  Loader, which names the missing Ovi file: exit 1, the message on stderr;
+* generate_ovi passes validation on a server without any model file, then fails in the Loader, which names the
+  missing Ovi file: exit 1, the message on stderr;
 * a value the server refuses (--set steps=0) is exit 1 with a message naming node, input and limit;
 * an interruption (POST /interrupt when the trainer reports its first step) is exit 4, and the same run queued
   again with resume on continues from the step the interruption saved.
@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from workflow_files import WORKFLOWS_DIR, load_ui, workflow_names
+from workflow_files import WORKFLOWS_DIR, workflow_names
 
 from comfyui_syncav.cli import main
 from comfyui_syncav.headless import runner
@@ -96,17 +96,14 @@ def test_workflow_runs_and_downloads_its_clips(comfy_server, capsys, tmp_path, w
 # ------------------------------------------------------------------------------------------------ (b) Ovi
 
 def test_generate_ovi_validates_then_fails_in_the_loader(comfy_server, capsys, tmp_path):
-    """A fresh server lacks Ovi's files: with a file of the text encoder's name the prompt is valid, and the Loader
-    is what fails, naming the joint model file and the folder it belongs in."""
-    (clip_loader,) = [node for node in load_ui("generate_ovi")["nodes"] if node["type"] == "CLIPLoader"]
-    folder = comfy_server.models_dir / "text_encoders"
-    folder.mkdir(exist_ok=True)
-    placeholder = folder / clip_loader["widgets_values"][0]
-    placeholder.write_bytes(b"")
-    try:
-        code, out, err, _ = run_cli(capsys, "generate_ovi", comfy_server, tmp_path / "out")
-    finally:
-        placeholder.unlink()   # other tests expect a fresh server's empty list
+    """A fresh server has none of Ovi's files, its text encoder included: the prompt is valid all the same, and the
+    Loader is what fails, naming the joint model file and the folder it belongs in."""
+    # none of the files Ovi reads, in any folder it searches (earlier tests may have left LoRAs in syncav_lora)
+    ovi_folders = ("diffusion_models", "unet", "vae", "mmaudio", "text_encoders", "clip")
+    model_files = [path for folder in ovi_folders for path in (comfy_server.models_dir / folder).rglob("*")
+                   if path.is_file()]
+    assert not model_files, model_files
+    code, out, err, _ = run_cli(capsys, "generate_ovi", comfy_server, tmp_path / "out")
     assert code == EXIT_FAILED, err[-3000:]
     assert "rejected" not in err, "the prompt did not pass validation"
     assert "queued prompt" in err

@@ -7,7 +7,8 @@
 * Every API workflow but Ovi's runs on the CPU and its outputs are checked: mp4s with an audio track of the right
   length, sync reports, the negative's rule; the LoRA the training workflow writes loads by name in another prompt,
   equals the trainer's own file there, and changes the clip compared with strength 0.
-* The Ovi workflow passes validation except for the model files a fresh server lacks.
+* The Ovi workflow passes validation on a server without any model file and fails at execution, in the Loader,
+  with its "not found in models/..." message.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from comfyui_syncav.model.media_io import probe_mp4
 from comfyui_syncav.model.safetensors_io import read_header
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
 
-from .conftest import PACKAGE_DIR_NAME, ComfyError
+from .conftest import PACKAGE_DIR_NAME
 
 EMBEDDED_FPS = 16.0
 EMBEDDED_SAMPLE_RATE_HZ = 8000
@@ -192,15 +193,22 @@ def test_dpo_train_then_generate_and_the_lora_loads_by_name(comfy_server):
     assert changed > 0.5, f"the trained LoRA barely changes the clip: mean |difference| {changed:.3f} / 255"
 
 
-def test_generate_ovi_is_valid_but_for_model_files(comfy_server):
-    """Ovi does not run on a CPU; on a fresh server the only thing its workflow lacks is the text encoder file (the
-    joint model and codecs are loaded by the Loader's preset at run time, so validation cannot see them)."""
-    with pytest.raises(ComfyError) as rejected:
-        comfy_server.post_prompt(prompt_of(load_api("generate_ovi")))
-    message = str(rejected.value)
-    answer = json.loads(message[message.index("{"):])        # the server's answer follows the HTTP status
-    assert set(answer["node_errors"]) == {"2"}, answer["node_errors"]
-    (error,) = answer["node_errors"]["2"]["errors"]
-    assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == "clip_name"
+def test_generate_ovi_is_valid_without_model_files_and_fails_in_the_loader(comfy_server):
+    """Ovi does not run on a CPU, and a fresh server has none of its files. Its workflow names no file itself (the
+    Loader's preset finds the joint model, codecs and text encoder at run time), so it passes validation, and
+    executing it fails in the Loader, which names the joint model file and its folder."""
+    # none of the files Ovi reads, in any folder it searches (earlier tests may have left LoRAs in syncav_lora)
+    ovi_folders = ("diffusion_models", "unet", "vae", "mmaudio", "text_encoders", "clip")
+    model_files = [path for folder in ovi_folders for path in (comfy_server.models_dir / folder).rglob("*")
+                   if path.is_file()]
+    assert not model_files, model_files
+    entry = comfy_server.run(prompt_of(load_api("generate_ovi")), timeout=120, check=False)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert (error["node_id"], error["node_type"], error["exception_type"]) == \
+        ("1", "SyncAVLoader", "FileNotFoundError")
+    assert ("Ovi 720x720 5s: joint model file 'model.safetensors' not found in models/diffusion_models"
+            in error["exception_message"])
+    assert not comfy_server.output_files(entry)
 
 

@@ -1,8 +1,14 @@
 """Test-only ComfyUI nodes the integration server loads beside the package (custom_nodes/syncav_test_probes).
 
 They report, as an output node's text, what the browser cannot show: how a MODEL holds its weights inside the
-server after ComfyUI loaded it for sampling. Never part of the package; only tests/integration/conftest.py links
-this folder into the test server's custom_nodes.
+server after ComfyUI loaded it for sampling, and what the Loader's text encoder loaded. Never part of the package;
+only tests/integration/conftest.py links this folder into the test server's custom_nodes.
+
+Loading this folder also shrinks ComfyUI's UMT5-XXL (the Wan text encoder) inside the test server to
+``TINY_UMT5_XXL_CONFIG``: 24 blocks 4096 wide, as ComfyUI detects UMT5-XXL and as Ovi reads it, but with tiny heads,
+feed-forward layers and vocabulary, so a test file of a few MB loads through ComfyUI's own CLIP loader (type wan)
+instead of the 11 GB encoder. It uses ComfyUI's own per-model config override (``<model name>_model_config`` in
+the CLIP's model options); no test server loads a real UMT5-XXL.
 """
 
 from __future__ import annotations
@@ -12,6 +18,26 @@ from collections import defaultdict
 
 import torch
 
+# What differs from ComfyUI's umt5_config_xxl.json (d_model 4096 and 24 layers stay).
+TINY_UMT5_XXL_CONFIG = {"d_kv": 4, "num_heads": 2, "d_ff": 16, "vocab_size": 96}
+
+
+def _shrink_comfy_umt5_xxl() -> None:
+    try:
+        from comfy.text_encoders import wan
+    except ImportError:       # imported by a test, outside ComfyUI: nothing to shrink
+        return
+    full_size_init = wan.UMT5XXlModel.__init__
+
+    def tiny_init(self, *args, model_options={}, **kwargs):  # noqa: B006 - ComfyUI's own signature
+        model_options = {**model_options, "umt5xxl_model_config": dict(TINY_UMT5_XXL_CONFIG)}
+        full_size_init(self, *args, model_options=model_options, **kwargs)
+
+    wan.UMT5XXlModel.__init__ = tiny_init
+
+
+_shrink_comfy_umt5_xxl()
+
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -19,20 +45,22 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 class SyncAVTestWeightReport:
     """MODEL -> text (JSON): for the diffusion model inside it, tensors and bytes per dtype, the dtype of every
-    layer weight ComfyUI casts per call (its ops classes), the layer classes and the dtype the model computes in.
+    layer weight ComfyUI casts per call (its ops classes), the layer classes and the dtype the model computes in;
+    with ``text_encoder``, what that encoder loaded (its class, the ComfyUI CLIP inside it, the file).
     ``after`` only orders the node after a sampler, so the report describes the weights sampling left behind."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",)},
-                "optional": {"after": ("SYNCAV_LATENT",), "codecs": ("SYNCAV_CODECS",)}}
+                "optional": {"after": ("SYNCAV_LATENT",), "codecs": ("SYNCAV_CODECS",),
+                             "text_encoder": ("SYNCAV_TEXT_ENCODER",)}}
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "report"
     CATEGORY = "testing"
 
-    def report(self, model, after=None, codecs=None):
+    def report(self, model, after=None, codecs=None, text_encoder=None):
         diffusion_model = model.model.diffusion_model
         tensors, nbytes = defaultdict(int), defaultdict(int)
         for tensor in diffusion_model.state_dict().values():
@@ -53,6 +81,13 @@ class SyncAVTestWeightReport:
             pipeline = codecs.pipeline
             report["pipeline"] = {"class": type(pipeline).__name__, "name": pipeline.name,
                                   "variant": getattr(getattr(pipeline, "variant", None), "key", None)}
+        if text_encoder is not None:
+            loaded = bool(getattr(text_encoder, "loaded", True))
+            inner = text_encoder.encoder() if loaded and hasattr(text_encoder, "encoder") else text_encoder
+            clip = getattr(inner, "clip", None)
+            report["text_encoder"] = {
+                "loaded": loaded, "encoder": type(inner).__name__, "path": getattr(inner, "path", None),
+                "clip": None if clip is None else f"{type(clip).__module__}.{type(clip).__qualname__}"}
         return {"ui": {"text": [json.dumps(report, sort_keys=True)]}}
 
 
