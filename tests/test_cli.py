@@ -26,18 +26,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
 
 
 def test_generate_with_a_lora_changes_the_clip_and_strength_zero_does_not(tmp_path):
-    import torch
-
-    from comfyui_syncav.model.lora import LoraSpec, add_lora, save_lora
-    from comfyui_syncav.model.pipeline import build_embedded_default
-
-    model = build_embedded_default().model
-    add_lora(model, LoraSpec(rank=4, targets=("ffn",)))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
-    save_lora(model, tmp_path / "l.safetensors")
+    _write_random_lora(tmp_path / "l.safetensors")
 
     def frames(*extra):
         out = tmp_path / f"clip{len(extra)}{extra[-1] if extra else ''}.mp4"
@@ -52,6 +41,7 @@ def test_generate_with_a_lora_changes_the_clip_and_strength_zero_does_not(tmp_pa
 
 
 def _write_random_lora(path):
+    """A LoRA on the embedded default's FFNs with random B factors (so it changes the output), saved to path."""
     import torch
 
     from comfyui_syncav.model.lora import LoraSpec, add_lora, save_lora
