@@ -162,6 +162,15 @@ class ComfyServer:
         return paths
 
     @staticmethod
+    def execution_error(entry: dict) -> dict:
+        """The one execution_error message of a failed prompt's history entry (its data: node_id, node_type,
+        exception_type, exception_message, ...); fails the test if the prompt did not fail exactly once."""
+        assert entry["status"]["status_str"] == "error", entry["status"]
+        errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+        assert len(errors) == 1, entry["status"]
+        return errors[0]
+
+    @staticmethod
     def describe_failure(entry: dict) -> str:
         for event, data in entry.get("status", {}).get("messages", []):
             if event == "execution_error":

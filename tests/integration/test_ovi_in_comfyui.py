@@ -253,10 +253,7 @@ def test_fp8_frames_match_the_bf16_upcast_of_the_same_weights(comfy_server, fp8_
 def test_preset_with_its_joint_model_missing_fails_naming_the_file(comfy_server, ovi_models):
     entry = run_timed(comfy_server, "missing model.safetensors (error)",
                       ovi_graph("Ovi 720x720 5s", "auto", "ovi_missing"), check=False)
-    assert entry["status"]["status_str"] == "error"
-    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
-    assert len(errors) == 1, entry["status"]
-    error = errors[0]
+    error = comfy_server.execution_error(entry)
     assert (error["node_id"], error["node_type"], error["exception_type"]) == \
         ("1", "SyncAVLoader", "FileNotFoundError")
     message = error["exception_message"]
@@ -278,8 +275,7 @@ def test_without_the_text_encoder_file_the_first_prompt_fails_naming_it(comfy_se
                           ovi_graph(FP8_FILE, "fp32", "ovi_no_text_encoder", save_video=False), check=False)
     finally:
         away.rename(weights)
-    assert entry["status"]["status_str"] == "error"
-    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    error = comfy_server.execution_error(entry)
     assert (error["node_id"], error["node_type"], error["exception_type"]) == \
         ("2", "SyncAVTextEncode", "FileNotFoundError")
     message = error["exception_message"]

@@ -203,8 +203,7 @@ def test_generate_ovi_is_valid_without_model_files_and_fails_in_the_loader(comfy
                    if path.is_file()]
     assert not model_files, model_files
     entry = comfy_server.run(prompt_of(load_api("generate_ovi")), timeout=120, check=False)
-    assert entry["status"]["status_str"] == "error"
-    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    error = comfy_server.execution_error(entry)
     assert (error["node_id"], error["node_type"], error["exception_type"]) == \
         ("1", "SyncAVLoader", "FileNotFoundError")
     assert ("Ovi 720x720 5s: joint model file 'model.safetensors' not found in models/diffusion_models"
