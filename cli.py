@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-start-step", type=int, default=0,
                     help="first data step: a run continued with --init passes the steps already trained, so it "
                          "sees new clips")
+    tr.add_argument("--noise-shift", type=float, default=None,
+                    help="timestep shift of the training noise levels (default: the recipe's 1; 3 trains the "
+                         "high-noise steps where the sampler decides the motion, docs/training.md)")
 
     ev = commands.add_parser("eval", help="evaluate sync and quality on a benchmark (writes a JSON report)")
     ev.add_argument("--bench", choices=("bouncebench",), default="bouncebench")
@@ -224,15 +227,27 @@ def _bouncebench(args) -> int:
     return 0
 
 
-def _train_default(args) -> int:
+def _default_recipe(args):
+    """The EmbeddedRecipe that ``train-default`` runs with these command-line options."""
     import dataclasses
 
-    from .train.embedded_training import EmbeddedRecipe, train_embedded_default
+    from .train.embedded_training import EmbeddedRecipe
 
     recipe = dataclasses.replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
                                  data_start_step=args.data_start_step)
     if args.lr is not None:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, lr=args.lr))
+    if args.noise_shift is not None:
+        if not args.noise_shift > 0:
+            raise ValueError(f"--noise-shift: expected a positive shift, got {args.noise_shift}")
+        recipe = dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, shift=args.noise_shift))
+    return recipe
+
+
+def _train_default(args) -> int:
+    from .train.embedded_training import train_embedded_default
+
+    recipe = _default_recipe(args)
     result = train_embedded_default(args.out, recipe, init_weights=args.init, resume=not args.no_resume)
     last = result.state.history[-1] if result.state.history else {}
     print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; last loss "

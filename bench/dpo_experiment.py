@@ -48,18 +48,21 @@ def training_config(run: str, args):
     from comfyui_syncav.train.dpo_loss import DPOConfig
     from comfyui_syncav.train.dpo_training import DPOTrainingConfig
 
+    # The noise levels are the same for every objective, so SFT and DPO stay matched.
     common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=LoraSpec(rank=args.rank),
                   save_every=max(1, args.steps // 4), seed=args.seed)
+    noise = dict(shift=args.noise_shift)
     if run == "sft":
-        return DPOTrainingConfig(objective="sft", **common)
+        return DPOTrainingConfig(objective="sft", dpo=DPOConfig(**noise), **common)
     if run == "dpo":
-        return DPOTrainingConfig(objective="dpo", **common)
+        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), **common)
     if run == "dpo_sft":
-        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(sft_weight=1.0), **common)
+        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(sft_weight=1.0, **noise), **common)
     if run == "dpo_nocurriculum":
-        return DPOTrainingConfig(objective="dpo", curriculum_mode="none", **common)
+        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), curriculum_mode="none", **common)
     if run.startswith("dpo_only_"):
-        return DPOTrainingConfig(objective="dpo", families=(run[len("dpo_only_"):],), **common)
+        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), families=(run[len("dpo_only_"):],),
+                                 **common)
     raise ValueError(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}")
 
 
@@ -130,6 +133,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-shift", type=float, default=1.0,
+                        help="timestep shift of the training noise levels, every run (3: mostly high noise)")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--eval-steps", type=int, default=25)
     parser.add_argument("--sync-all", action="store_true", help="also evaluate SyncCFG for the ablation runs")

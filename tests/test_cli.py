@@ -74,3 +74,22 @@ def test_lora_embedded_sync_is_the_shipped_file(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
                  "--out", str(tmp_path / "x.mp4"), "--lora", "embedded-sync"]) != 0
     assert "sync LoRA (absent.safetensors) is not in this package's weights/ folder" in capsys.readouterr().err
+
+
+def test_train_default_options_reach_the_recipe():
+    from comfyui_syncav.cli import _default_recipe, build_parser
+
+    plain = _default_recipe(build_parser().parse_args(["train-default", "--out", "run", "--steps", "10"]))
+    assert (plain.train.steps, plain.train.lr, plain.loss.shift, plain.data_start_step) == (10, 1e-3, 1.0, 0)
+    continued = _default_recipe(build_parser().parse_args(
+        ["train-default", "--out", "run", "--steps", "20", "--lr", "5e-4", "--data-start-step", "5200",
+         "--noise-shift", "3"]))
+    assert (continued.train.steps, continued.train.lr, continued.loss.shift, continued.data_start_step) == \
+        (20, 5e-4, 3.0, 5200)
+    assert continued.loss.lambda_video == plain.loss.lambda_video  # the rest of the recipe is untouched
+
+
+def test_train_default_refuses_a_non_positive_noise_shift(tmp_path, capsys):
+    assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--noise-shift", "0"]) == 2
+    assert "--noise-shift: expected a positive shift" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
