@@ -11,6 +11,7 @@ Runs (``--runs``, comma-separated):
   dpo_sft            the same plus an SFT term on the winner (DPOConfig.sft_weight = 1)
   dpo_nocurriculum   DPO, every rule mixed from step 0 (curriculum mode "none")
   dpo_only_<family>  DPO with only that rule family (temporal_negatives.FAMILIES)
+  dpo_beta<B>        DPO with both betas = B (e.g. dpo_beta4000: a stronger KL anchor than the default)
 
 Each finished run leaves ``<out>/<run>/result.json``; running the script again skips finished runs, so an
 interrupted experiment continues where it stopped. Prints a markdown table; last line ``RESULT ...`` with each
@@ -26,6 +27,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
 from comfyui_syncav.train.temporal_negatives import FAMILIES
 
@@ -37,10 +40,20 @@ GUIDANCE = {  # name -> (text scale, sync scale)
 COLUMNS = ("event_f1", "chance_event_f1", "event_f1_margin", "median_offset_ms", "av_align",
            "video_blob_count_ok", "video_colour_error", "video_radius_ratio", "audio_pitch_error_hz",
            "audio_spectral_distance_db")
-# Quality proxies and whether larger is better (for the "no proxy degrades by more than 5 %" check).
+# Quality proxies and whether larger is better (for the "no proxy degrades by more than 5 %" check). The radius
+# ratio is scored as its distance to 1 (the real ball's size), and its change in units of the real radius.
 QUALITY = {"video_blob_count_ok": True, "video_colour_error": False, "video_radius_ratio": None,
            "audio_pitch_error_hz": False, "audio_spectral_distance_db": False}
+# Per-clip numbers kept in result.json so quality changes can be paired clip by clip (same prompt, same noise).
+PER_CLIP_KEYS = ("seed", "event_f1", "median_offset_ms") + tuple(QUALITY)
 KNOWN_RUNS = ("base", "sft", "dpo", "dpo_sft", "dpo_nocurriculum") + tuple(f"dpo_only_{f}" for f in FAMILIES)
+
+
+def _is_beta_run(run: str) -> bool:
+    try:
+        return run.startswith("dpo_beta") and float(run[len("dpo_beta"):]) > 0
+    except ValueError:
+        return False
 
 
 def training_config(run: str, args):
@@ -60,6 +73,9 @@ def training_config(run: str, args):
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(sft_weight=1.0, **noise), **common)
     if run == "dpo_nocurriculum":
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), curriculum_mode="none", **common)
+    if run.startswith("dpo_beta"):  # both betas set to the number after the prefix (a stronger / weaker KL anchor)
+        beta = float(run[len("dpo_beta"):])
+        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(beta_video=beta, beta_audio=beta, **noise), **common)
     if run.startswith("dpo_only_"):
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), families=(run[len("dpo_only_"):],),
                                  **common)
@@ -102,6 +118,7 @@ def run_one(run: str, args, out_dir: Path) -> dict:
         scores = evaluate_bouncebench(pipeline, split="val", clips=args.clips, guidance=guidance,
                                       steps=args.eval_steps, progress=False)
         result[row] = {k: scores.get(k) for k in COLUMNS}
+        result[row]["per_clip"] = [{k: clip.get(k) for k in PER_CLIP_KEYS} for clip in scores["per_clip"]]
         print(f"{run} {row}: margin {scores['event_f1_margin']:.3f} (F1 {scores['event_f1']:.3f}), one-ball frames "
               f"{scores['video_blob_count_ok']:.3f}", flush=True)
     return result
@@ -111,15 +128,43 @@ def fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def fmt_change(change) -> str:
+    if change is None:
+        return "–"
+    value, se = change
+    return f"{100 * value:+.1f} %" + ("" if se is None else f" ± {100 * se:.1f}")
+
+
 def quality_change(result: dict, base: dict, row: str) -> dict:
-    """Relative change of each quality proxy vs the base model, signed so that negative = worse."""
+    """Change of each quality proxy vs the base model, signed so that negative = worse: ``{key: (change, se)}``.
+
+    Relative to the base's mean (the radius ratio: its distance to 1, in units of the real radius), paired clip by
+    clip when both results kept per-clip numbers (``se`` = standard error of the mean paired difference, else None).
+    """
     changes = {}
+    run_clips, base_clips = result[row].get("per_clip"), base[row].get("per_clip")
     for key, larger_is_better in QUALITY.items():
-        a, b = base[row].get(key), result[row].get(key)
-        if larger_is_better is None or a in (None, 0) or b is None:
-            continue
-        change = (b - a) / abs(a)
-        changes[key] = change if larger_is_better else -change
+        if run_clips and base_clips:
+            by_seed = {c["seed"]: c[key] for c in base_clips}
+            pairs = np.array([(by_seed[c["seed"]], c[key]) for c in run_clips
+                              if c[key] is not None and by_seed.get(c["seed"]) is not None], dtype=float)
+            if len(pairs) < 2:
+                continue
+        else:  # an older result.json: means only
+            a, b = base[row].get(key), result[row].get(key)
+            if a is None or b is None:
+                continue
+            pairs = np.array([[a, b]], dtype=float)
+        if larger_is_better is None:  # size: distance to the real size, lower is better, in real radii
+            pairs, scale, larger_is_better = np.abs(pairs - 1.0), 1.0, False
+        else:
+            scale = abs(pairs[:, 0].mean())
+            if scale == 0:
+                continue
+        diff = (pairs[:, 1] - pairs[:, 0]) / scale
+        sign = 1.0 if larger_is_better else -1.0
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+        changes[key] = (sign * float(diff.mean()), se)
     return changes
 
 
@@ -143,7 +188,7 @@ def main() -> None:
 
     runs = [r for r in args.runs.split(",") if r]
     for run in runs:
-        if run not in KNOWN_RUNS:
+        if run not in KNOWN_RUNS and not _is_beta_run(run):
             parser.error(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}")
     out = Path(args.out)
     results = {}
@@ -166,11 +211,21 @@ def main() -> None:
             if row in result:
                 train_s = f"{result['train_seconds']:.0f}" if "train_seconds" in result and row == "plain" else ""
                 print(f"| {run} | {row} | " + " | ".join(fmt(result[row].get(k)) for k in COLUMNS) + f" | {train_s} |")
+    if "base" in results:
+        print()
+        print("Quality change vs base (negative = worse; ± one standard error of the paired per-clip difference):")
+        print("| run | guidance | " + " | ".join(QUALITY) + " |")
+        print("|---" * (2 + len(QUALITY)) + "|")
+        for run, result in results.items():
+            for row in GUIDANCE:
+                if run != "base" and row in result and row in results["base"]:
+                    changes = quality_change(result, results["base"], row)
+                    print(f"| {run} | {row} | " + " | ".join(fmt_change(changes.get(k)) for k in QUALITY) + " |")
     summary = {f"{run}_margin": r["plain"]["event_f1_margin"] for run, r in results.items()}
     if "base" in results:
         for run, r in results.items():
             if run != "base":
-                worst = min(quality_change(r, results["base"], "plain").values(), default=0.0)
+                worst = min((c for c, _ in quality_change(r, results["base"], "plain").values()), default=0.0)
                 summary[f"{run}_worst_quality_change"] = worst
     if "dpo" in results and "sft" in results:
         for row in GUIDANCE:
