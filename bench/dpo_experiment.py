@@ -49,11 +49,15 @@ PER_CLIP_KEYS = ("seed", "event_f1", "median_offset_ms") + tuple(QUALITY)
 KNOWN_RUNS = ("base", "sft", "dpo", "dpo_sft", "dpo_nocurriculum") + tuple(f"dpo_only_{f}" for f in FAMILIES)
 
 
-def _is_beta_run(run: str) -> bool:
+def _run_beta(run: str) -> float | None:
+    """B of a ``dpo_beta<B>`` run name (B > 0), else None."""
+    if not run.startswith("dpo_beta"):
+        return None
     try:
-        return run.startswith("dpo_beta") and float(run[len("dpo_beta"):]) > 0
+        beta = float(run[len("dpo_beta"):])
     except ValueError:
-        return False
+        return None
+    return beta if beta > 0 else None
 
 
 def training_config(run: str, args):
@@ -73,13 +77,13 @@ def training_config(run: str, args):
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(sft_weight=1.0, **noise), **common)
     if run == "dpo_nocurriculum":
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), curriculum_mode="none", **common)
-    if run.startswith("dpo_beta"):  # both betas set to the number after the prefix (a stronger / weaker KL anchor)
-        beta = float(run[len("dpo_beta"):])
+    beta = _run_beta(run)   # both betas set to the number after the prefix (a stronger / weaker KL anchor)
+    if beta is not None:
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(beta_video=beta, beta_audio=beta, **noise), **common)
     if run.startswith("dpo_only_"):
         return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), families=(run[len("dpo_only_"):],),
                                  **common)
-    raise ValueError(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}")
+    raise ValueError(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}, dpo_beta<B>")
 
 
 def fresh_pipeline(weights: str | None):
@@ -188,8 +192,8 @@ def main() -> None:
 
     runs = [r for r in args.runs.split(",") if r]
     for run in runs:
-        if run not in KNOWN_RUNS and not _is_beta_run(run):
-            parser.error(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}")
+        if run not in KNOWN_RUNS and _run_beta(run) is None:
+            parser.error(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}, dpo_beta<B>")
     out = Path(args.out)
     results = {}
     for run in runs:

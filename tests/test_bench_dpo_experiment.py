@@ -54,6 +54,7 @@ def test_beta_runs_set_both_betas_and_unknown_runs_are_refused(experiment):
 
     config = experiment.training_config("dpo_beta4000", Args)
     assert (config.dpo.beta_video, config.dpo.beta_audio, config.dpo.shift) == (4000.0, 4000.0, 3.0)
-    assert experiment._is_beta_run("dpo_beta500") and not experiment._is_beta_run("dpo_betax")
+    assert experiment._run_beta("dpo_beta500") == 500.0
+    assert experiment._run_beta("dpo_betax") is None and experiment._run_beta("dpo_beta0") is None
     with pytest.raises(ValueError, match="unknown run"):
         experiment.training_config("dpo_fancy", Args)
