@@ -13,6 +13,10 @@ Runs (``--runs``, comma-separated):
   dpo_only_<family>  DPO with only that rule family (temporal_negatives.FAMILIES)
   dpo_beta<B>        DPO with both betas = B (e.g. dpo_beta4000: a stronger KL anchor than the default)
 
+Modifiers combine after ``dpo``, separated by ``_``, in any order: ``sft``, ``nocurriculum``, ``only_<family>``,
+``beta<B>``, ``driven<F>`` (share F of the rows given to the driven tasks, DPOConfig.driven_fraction), ``<tower>tower``
+(LoRA on that tower only: ``audiotower`` / ``videotower``); e.g. ``dpo_beta12000_driven0.25``.
+
 Each finished run leaves ``<out>/<run>/result.json``; running the script again skips finished runs, so an
 interrupted experiment continues where it stopped. Prints a markdown table; last line ``RESULT ...`` with each
 run's plain-CFG margin and the DPO-minus-SFT differences.
@@ -49,15 +53,50 @@ PER_CLIP_KEYS = ("seed", "event_f1", "median_offset_ms") + tuple(QUALITY)
 KNOWN_RUNS = ("base", "sft", "dpo", "dpo_sft", "dpo_nocurriculum") + tuple(f"dpo_only_{f}" for f in FAMILIES)
 
 
-def _run_beta(run: str) -> float | None:
-    """B of a ``dpo_beta<B>`` run name (B > 0), else None."""
-    if not run.startswith("dpo_beta"):
+def parse_run(run: str) -> dict | None:
+    """The training settings a run name asks for, or None for a name that is not a training run.
+
+    ``{"objective": "sft" | "dpo", "sft_weight", "curriculum_mode", "families", "beta", "driven_fraction",
+    "towers"}``; None values mean the defaults.
+    """
+    settings = {"objective": "dpo", "sft_weight": 0.0, "curriculum_mode": None, "families": None, "beta": None,
+                "driven_fraction": 0.0, "towers": None}
+    if run == "sft":
+        return {**settings, "objective": "sft"}
+    tokens = run.split("_")
+    if tokens[0] != "dpo":
         return None
+    rest = tokens[1:]
+    while rest:
+        token = rest.pop(0)
+        if token == "sft" and settings["sft_weight"] == 0.0:
+            settings["sft_weight"] = 1.0
+        elif token == "nocurriculum" and settings["curriculum_mode"] is None:
+            settings["curriculum_mode"] = "none"
+        elif token == "only" and rest and rest[0] in FAMILIES and settings["families"] is None:
+            settings["families"] = (rest.pop(0),)
+        elif token.endswith("tower") and token[:-len("tower")] in ("video", "audio") and settings["towers"] is None:
+            settings["towers"] = (token[:-len("tower")],)
+        elif token.startswith("beta") and settings["beta"] is None:
+            settings["beta"] = _positive_number(token[len("beta"):])
+            if settings["beta"] is None:
+                return None
+        elif token.startswith("driven") and settings["driven_fraction"] == 0.0:
+            fraction = _positive_number(token[len("driven"):])
+            if fraction is None or fraction > 1:
+                return None
+            settings["driven_fraction"] = fraction
+        else:
+            return None
+    return settings
+
+
+def _positive_number(text: str) -> float | None:
     try:
-        beta = float(run[len("dpo_beta"):])
+        value = float(text)
     except ValueError:
         return None
-    return beta if beta > 0 else None
+    return value if value > 0 and np.isfinite(value) else None
 
 
 def training_config(run: str, args):
@@ -65,25 +104,19 @@ def training_config(run: str, args):
     from comfyui_syncav.train.dpo_loss import DPOConfig
     from comfyui_syncav.train.dpo_training import DPOTrainingConfig
 
+    settings = parse_run(run)
+    if settings is None:
+        raise ValueError(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}, or dpo with modifiers "
+                         "(dpo_beta<B>, dpo_driven<F>, dpo_audiotower, ...)")
+    lora = LoraSpec(rank=args.rank) if settings["towers"] is None else LoraSpec(rank=args.rank,
+                                                                               towers=settings["towers"])
     # The noise levels are the same for every objective, so SFT and DPO stay matched.
-    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=LoraSpec(rank=args.rank),
-                  save_every=max(1, args.steps // 4), seed=args.seed)
-    noise = dict(shift=args.noise_shift)
-    if run == "sft":
-        return DPOTrainingConfig(objective="sft", dpo=DPOConfig(**noise), **common)
-    if run == "dpo":
-        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), **common)
-    if run == "dpo_sft":
-        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(sft_weight=1.0, **noise), **common)
-    if run == "dpo_nocurriculum":
-        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), curriculum_mode="none", **common)
-    beta = _run_beta(run)   # both betas set to the number after the prefix (a stronger / weaker KL anchor)
-    if beta is not None:
-        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(beta_video=beta, beta_audio=beta, **noise), **common)
-    if run.startswith("dpo_only_"):
-        return DPOTrainingConfig(objective="dpo", dpo=DPOConfig(**noise), families=(run[len("dpo_only_"):],),
-                                 **common)
-    raise ValueError(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}, dpo_beta<B>")
+    dpo = DPOConfig(shift=args.noise_shift, sft_weight=settings["sft_weight"],
+                    driven_fraction=settings["driven_fraction"], beta_video=settings["beta"],
+                    beta_audio=settings["beta"])
+    return DPOTrainingConfig(objective=settings["objective"], dpo=dpo, curriculum_mode=settings["curriculum_mode"],
+                             families=settings["families"], steps=args.steps, batch_size=args.batch_size,
+                             lr=args.lr, lora=lora, save_every=max(1, args.steps // 4), seed=args.seed)
 
 
 def fresh_pipeline(weights: str | None):
@@ -192,8 +225,9 @@ def main() -> None:
 
     runs = [r for r in args.runs.split(",") if r]
     for run in runs:
-        if run not in KNOWN_RUNS and _run_beta(run) is None:
-            parser.error(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}, dpo_beta<B>")
+        if run != "base" and parse_run(run) is None:
+            parser.error(f"--runs: unknown run {run!r}; known: {', '.join(KNOWN_RUNS)}, or dpo with modifiers "
+                         "(dpo_beta<B>, dpo_driven<F>, dpo_audiotower, ...)")
     out = Path(args.out)
     results = {}
     for run in runs:

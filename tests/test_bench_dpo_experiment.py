@@ -48,13 +48,21 @@ def test_quality_change_of_results_without_per_clip_numbers_uses_the_means(exper
     assert changes["video_blob_count_ok"][0] == pytest.approx(0.25)
 
 
-def test_beta_runs_set_both_betas_and_unknown_runs_are_refused(experiment):
+def test_run_names_set_the_training_config_and_unknown_runs_are_refused(experiment):
     class Args:
         steps, batch_size, lr, rank, seed, noise_shift = 8, 2, 1e-4, 4, 0, 3.0
 
     config = experiment.training_config("dpo_beta4000", Args)
     assert (config.dpo.beta_video, config.dpo.beta_audio, config.dpo.shift) == (4000.0, 4000.0, 3.0)
-    assert experiment._run_beta("dpo_beta500") == 500.0
-    assert experiment._run_beta("dpo_betax") is None and experiment._run_beta("dpo_beta0") is None
-    with pytest.raises(ValueError, match="unknown run"):
-        experiment.training_config("dpo_fancy", Args)
+    assert config.dpo.driven_fraction == 0.0 and config.lora.towers == ("video", "audio")
+    config = experiment.training_config("dpo_audiotower_beta12000_driven0.25", Args)
+    assert (config.dpo.beta_audio, config.dpo.driven_fraction, config.lora.towers) == (12000.0, 0.25, ("audio",))
+    config = experiment.training_config("dpo_only_shift_sft", Args)
+    assert config.families == ("shift",) and config.dpo.sft_weight == 1.0 and config.objective == "dpo"
+    assert experiment.training_config("sft", Args).objective == "sft"
+    assert experiment.training_config("dpo_nocurriculum", Args).curriculum_mode == "none"
+    for bad in ("dpo_fancy", "dpo_betax", "dpo_beta0", "dpo_driven1.5", "dpo_only_nothing", "dpo_beta1_beta2",
+                "dpo_bothtower", "sft_beta3", "base"):
+        assert experiment.parse_run(bad) is None, bad
+        with pytest.raises(ValueError, match="unknown run"):
+            experiment.training_config(bad, Args)
