@@ -29,6 +29,8 @@ from .sampler import joint_model_of
 
 log = logging.getLogger(__name__)
 
+# The trainer's lora_towers choice -> LoraSpec.towers.
+LORA_TOWERS = {"both": ("video", "audio"), "video": ("video",), "audio": ("audio",)}
 RUNS_FOLDER = "syncav_lora_runs"      # sibling of output/syncav_lora: run state that must not be listed as LoRAs
 
 
@@ -69,10 +71,19 @@ def _check_resumable(run_dir: str, spec: LoraSpec, name: str) -> None:
         saved = LoraSpec.from_json(read_header(previous)[1]["lora_spec"])
     except Exception:  # noqa: BLE001 - an unreadable spec is left to the loop's own checks
         return
-    if saved != spec:
+    if saved.rank != spec.rank:
         raise ValueError(f"rank: the run {name!r} was started with rank {saved.rank} (targets "
                          f"{', '.join(saved.targets)}), received rank {spec.rank}; set rank to {saved.rank} to resume "
                          f"it, turn resume off with another output_name to start a new run")
+    if saved != spec:
+        raise ValueError(f"lora_towers: the run {name!r} was started with a LoRA on {_towers_choice(saved.towers)}, "
+                         f"received {_towers_choice(spec.towers)}; set it back to resume the run, turn resume off "
+                         "with another output_name to start a new run")
+
+
+def _towers_choice(towers) -> str:
+    """The node's lora_towers choice for a LoraSpec's towers."""
+    return "both" if set(towers) == {"video", "audio"} else towers[0]
 
 
 def curves_image(rgb) -> torch.Tensor:
@@ -127,6 +138,14 @@ class SyncAVDPOTrainer:
         }, "optional": {
             "dataset": ("SYNCAV_DATASET", {"tooltip": "Real clips (SyncAV AV Dataset). Not connected: BounceBench "
                                                       "train clips, generated on the fly."}),
+            "lora_towers": (list(LORA_TOWERS), {"default": "both",
+                                                "tooltip": "Which tower gets the LoRA. audio: only the sound "
+                                                           "learns to follow the picture; the video tower stays the "
+                                                           "base model's."}),
+            "noise_shift": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 20.0, "step": 0.1,
+                                      "tooltip": "Timestep shift of the training noise levels. Above 1 trains mostly "
+                                                 "at high noise, where the timing of a clip is decided (the shipped "
+                                                 "sync LoRA: 3)."}),
         }}
 
     RETURN_TYPES = ("MODEL", "STRING", "IMAGE")
@@ -142,7 +161,7 @@ class SyncAVDPOTrainer:
 
     def train(self, model, codecs, text_encoder, negatives, objective: str, steps: int, batch_size: int, lr: float,
               rank: int, beta_video: float, beta_audio: float, save_every: int, output_name: str, resume: bool,
-              seed: int = 0, dataset=None):
+              seed: int = 0, dataset=None, lora_towers: str = "both", noise_shift: float = 1.0):
         joint = joint_model_of(model)
         codecs = check_codecs(codecs)
         text_encoder = check_text_encoder(text_encoder)
@@ -156,6 +175,11 @@ class SyncAVDPOTrainer:
         for name, value in (("beta_video", beta_video), ("beta_audio", beta_audio)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}: expected a number >= 0 (0 = the model's default), received {value!r}")
+        if lora_towers not in LORA_TOWERS:
+            raise ValueError(f"lora_towers: expected one of {', '.join(LORA_TOWERS)}, received {lora_towers!r}")
+        if (isinstance(noise_shift, bool) or not isinstance(noise_shift, (int, float))
+                or not (math.isfinite(noise_shift) and noise_shift > 0)):
+            raise ValueError(f"noise_shift: expected a number > 0 (1 = no shift), received {noise_shift!r}")
         if text_encoder.dim != joint.config.video.text_dim:
             raise ValueError(f"text_encoder: {text_encoder.dim} wide, the model reads {joint.config.video.text_dim}; "
                              "connect the text encoder of the same SyncAV Loader")
@@ -169,8 +193,10 @@ class SyncAVDPOTrainer:
                                   f"or choose another output_name (resume off never overwrites a run)")
 
         config = DPOTrainingConfig(
-            steps=steps, batch_size=batch_size, lr=float(lr), lora=LoraSpec(rank=rank, alpha=float(rank)),
-            dpo=DPOConfig(beta_video=float(beta_video) or None, beta_audio=float(beta_audio) or None),
+            steps=steps, batch_size=batch_size, lr=float(lr),
+            lora=LoraSpec(rank=rank, alpha=float(rank), towers=LORA_TOWERS[lora_towers]),
+            dpo=DPOConfig(beta_video=float(beta_video) or None, beta_audio=float(beta_audio) or None,
+                          shift=float(noise_shift)),
             curriculum=spec.curriculum, objective=objective, save_every=save_every,
             log_every=max(1, min(25, steps // 50)), warmup_steps=min(25, steps // 10), seed=seed)
         if resume:

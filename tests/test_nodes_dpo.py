@@ -237,6 +237,28 @@ def test_dpo_trainer_on_a_dataset(loaded, clip_folder):
     assert meta["objective"] == "sft" and meta["step"] == "1"
 
 
+def test_dpo_trainer_lora_towers_and_noise_shift(loaded):
+    spec = negatives_spec(loaded, rules="audio_shift")[0]
+    _, lora_path, _ = train_node(loaded, spec, name="audio_only", steps=1, lora_towers="audio", noise_shift=3.0)
+    keys = read_header(lora_path)[0]
+    assert keys and all(k.startswith("diffusion_model.audio_model.") for k in keys)
+    config = json.loads(read_header(lora_path)[1]["training_config"])
+    assert config["lora"]["towers"] == ["audio"] and config["dpo"]["shift"] == 3.0
+    # The default is both towers at shift 1 (the workflows saved before these inputs existed).
+    _, both_path, _ = train_node(loaded, spec, name="both", steps=1)
+    both_keys = read_header(both_path)[0]
+    assert any(k.startswith("diffusion_model.video_model.") for k in both_keys) and set(keys) < set(both_keys)
+    assert json.loads(read_header(both_path)[1]["training_config"])["dpo"]["shift"] == 1.0
+    # A run resumes only with the towers it started with; bad choices are named.
+    with pytest.raises(ValueError, match="lora_towers: the run 'audio_only' was started with a LoRA on audio, "
+                                         "received both"):
+        train_node(loaded, spec, name="audio_only", steps=2)
+    with pytest.raises(ValueError, match="lora_towers: expected one of both, video, audio"):
+        train_node(loaded, spec, name="x", lora_towers="text")
+    with pytest.raises(ValueError, match="noise_shift: expected a number > 0"):
+        train_node(loaded, spec, name="x", noise_shift=0.0)
+
+
 # ------------------------------------------------------------------------------------------------ LoRA nodes
 
 def test_load_lora_changes_the_sampler_and_strength_zero_is_the_base(loaded, folders):
