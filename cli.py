@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shift", type=float, default=3.0)
     gen.add_argument("--text-scale", type=float, default=4.0, help="text guidance, both streams (1 = off)")
     gen.add_argument("--sync-scale", type=float, default=2.0, help="SyncCFG sync guidance, both streams (1 = off)")
+    _add_stream_sync_args(gen)
     gen.add_argument("--sync-interval", type=_interval, default=(0.0, 1.0), metavar="START,END",
                      help="fraction range of the steps where sync guidance is on")
     gen.add_argument("--slg-blocks", type=_blocks, default=(), metavar="I,J",
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sync guidance, both streams (synccfg only; default 2.0)")
     ev.add_argument("--sync-interval", type=_interval, default=None, metavar="START,END",
                     help="fraction range of the steps where sync guidance is on (synccfg only; default 0,1)")
+    _add_stream_sync_args(ev)
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--solver", choices=("unipc", "euler"), default="unipc")
     ev.add_argument("--shift", type=float, default=3.0)
@@ -127,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                      help="give up (and interrupt the prompt) after this long; default: wait as long as it takes")
     return parser
+
+
+def _add_stream_sync_args(parser) -> None:
+    parser.add_argument("--sync-scale-video", type=float, default=None, metavar="X",
+                        help="sync guidance of the video stream alone (against muted audio); default: --sync-scale")
+    parser.add_argument("--sync-scale-audio", type=float, default=None, metavar="X",
+                        help="sync guidance of the audio stream alone (against a static video); default: --sync-scale")
+
+
+def _stream_sync_scales(args, both: float) -> tuple[float, float]:
+    """(video, audio) sync scales: the per-stream flags where given, else the one for both streams."""
+    return (both if args.sync_scale_video is None else args.sync_scale_video,
+            both if args.sync_scale_audio is None else args.sync_scale_audio)
 
 
 def _add_lora_args(parser: argparse.ArgumentParser) -> None:
@@ -200,8 +215,9 @@ def _generate(args) -> int:
         video_negative, audio_negative = (args.negative, args.negative) if args.negative is not None else \
             pipeline.default_negatives
     _apply_lora_arg(pipeline, args)
+    sync_video, sync_audio = _stream_sync_scales(args, args.sync_scale)
     guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
-                               sync_scale_video=args.sync_scale, sync_scale_audio=args.sync_scale,
+                               sync_scale_video=sync_video, sync_scale_audio=sync_audio,
                                sync_interval=args.sync_interval, slg_blocks=args.slg_blocks)
     with torch.inference_mode():
         clip = generate_clip(pipeline, prompt, audio_prompt,
@@ -263,16 +279,18 @@ def _eval(args) -> int:
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
     if args.guidance == "plain":
-        given = [flag for flag, value in (("--sync-scale", args.sync_scale), ("--sync-interval", args.sync_interval))
-                 if value is not None]
+        given = [flag for flag, value in (("--sync-scale", args.sync_scale), ("--sync-interval", args.sync_interval),
+                                          ("--sync-scale-video", args.sync_scale_video),
+                                          ("--sync-scale-audio", args.sync_scale_audio)) if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)}: only apply to --guidance synccfg (plain means sync scales 1)")
         sync_scale, interval = 1.0, (0.0, 1.0)
     else:
         sync_scale = 2.0 if args.sync_scale is None else args.sync_scale
         interval = (0.0, 1.0) if args.sync_interval is None else args.sync_interval
+    sync_video, sync_audio = _stream_sync_scales(args, sync_scale)
     guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
-                               sync_scale_video=sync_scale, sync_scale_audio=sync_scale, sync_interval=interval)
+                               sync_scale_video=sync_video, sync_scale_audio=sync_audio, sync_interval=interval)
     if args.clips < 1 or args.steps < 1:
         raise ValueError(f"--clips and --steps: expected positive numbers, got {args.clips} and {args.steps}")
     folder = os.path.dirname(os.path.abspath(args.json))

@@ -139,6 +139,15 @@ def test_cli_eval_writes_the_json(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name != "plain.json"]  # no temporary file left
 
 
+def test_cli_eval_takes_a_sync_scale_per_stream(tmp_path):
+    out = tmp_path / "video_only.json"
+    rc = main(["eval", "--clips", "1", "--steps", "1", "--guidance", "synccfg", "--sync-scale", "3",
+               "--sync-scale-audio", "1", "--json", str(out)])
+    assert rc == 0
+    guidance = json.loads(out.read_text())["guidance"]
+    assert (guidance["sync_scale_video"], guidance["sync_scale_audio"]) == (3.0, 1.0)
+
+
 def test_cli_eval_rejects_a_missing_lora_and_misplaced_sync_flags(tmp_path, capsys):
     out = tmp_path / "x.json"
     rc = main(["eval", "--bench", "bouncebench", "--clips", "2", "--guidance", "synccfg", "--lora", "dpo.safetensors",
@@ -148,6 +157,9 @@ def test_cli_eval_rejects_a_missing_lora_and_misplaced_sync_flags(tmp_path, caps
     rc = main(["eval", "--clips", "2", "--guidance", "plain", "--sync-scale", "3", "--json", str(out)])
     assert rc == 2
     assert "--sync-scale" in capsys.readouterr().err
+    rc = main(["eval", "--clips", "2", "--guidance", "plain", "--sync-scale-audio", "3", "--json", str(out)])
+    assert rc == 2
+    assert "--sync-scale-audio: only apply to --guidance synccfg" in capsys.readouterr().err
     rc = main(["eval", "--clips", "2", "--guidance", "synccfg", "--json", str(tmp_path / "missing" / "x.json")])
     assert rc == 2
     assert "does not exist" in capsys.readouterr().err
