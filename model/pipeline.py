@@ -156,7 +156,7 @@ def embedded_sync_lora_path() -> Path:
 
 def build_embedded_sync_tuned(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                               operations=None) -> AVPipeline:
-    """The embedded default with its shipped sync LoRA merged at full strength on both towers."""
+    """The embedded default with its shipped sync LoRA merged at full strength on every tower the file adapts."""
     from .lora import apply_lora, check_lora_fits, load_lora
 
     lora_path = embedded_sync_lora_path()

@@ -141,7 +141,8 @@ class SyncAVDPOTrainer:
             "lora_towers": (list(LORA_TOWERS), {"default": "both",
                                                 "tooltip": "Which tower gets the LoRA. audio: only the sound "
                                                            "learns to follow the picture; the video tower stays the "
-                                                           "base model's."}),
+                                                           "base model's (the shipped sync LoRA: with SyncCFG a LoRA "
+                                                           "on the video tower moved the tones off their pitch)."}),
             "noise_shift": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 20.0, "step": 0.1,
                                       "tooltip": "Timestep shift of the training noise levels. Above 1 trains mostly "
                                                  "at high noise, where the timing of a clip is decided (the shipped "
