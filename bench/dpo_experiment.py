@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +136,9 @@ def run_one(run: str, args, out_dir: Path) -> dict:
     result: dict = {"run": run}
     if run != "base":
         config = training_config(run, args)
-        started = time.perf_counter()
         trained = train_dpo(fresh_pipeline(args.weights), out_dir, config, progress=not args.quiet)
-        result["train_seconds"] = time.perf_counter() - started   # of this invocation (a resumed run: the rest)
+        # Training time over every invocation (a resumed run, or a finished one evaluated again, keeps its total).
+        result["train_seconds"] = trained.state.seconds
         last = trained.state.history[-1] if trained.state.history else {}
         result["last_logs"] = {k: v for k, v in last.items() if not k.startswith("rule/")}
         result["lora"] = str(trained.lora_path)
