@@ -108,7 +108,10 @@ def test_every_winner_outscores_its_loser_and_pairs_go_easy_to_hard(built):
     assert score == pytest.approx(float(pairs.winner_score[row]), abs=1e-9)
     # ... with the prompt's own text embeddings.
     text = pipeline.encode_prompts([PROMPTS[int(pairs.prompt_index[row])]])
-    assert torch.allclose(pairs.text[row], text.embeddings[0]) and pairs.text_lengths[row] == text.lengths[0]
+    # Equal up to the text encoder's dependence on batch composition: a prompt encoded in a batch of 3 and alone
+    # differed by up to 1.2e-6 (embeddings of magnitude ~3.3) with MKL's reproducible mode off, by 0 with it on.
+    assert torch.allclose(pairs.text[row], text.embeddings[0], rtol=0, atol=1e-5)
+    assert pairs.text_lengths[row] == text.lengths[0]
     assert pairs.winner_video.shape[1:] == pipeline.latent_shapes(2.0, 32, 32)[0][1:]
 
 
