@@ -23,7 +23,7 @@ from ..train.loop import CHECKPOINT_NAME
 from . import comfy_bridge
 from .dataset import check_text_encoder
 from .latent import check_codecs
-from .lora import check_file_name, copy_atomic, read_lora
+from .lora import check_file_name, read_lora
 from .negatives import check_negatives
 from .sampler import joint_model_of
 
@@ -212,14 +212,12 @@ class SyncAVDPOTrainer:
             progress(step - 1, steps)        # inside ComfyUI: raises when the user pressed Cancel
 
         try:
+            # The published LoRA is rewritten with every checkpoint (and on Cancel), so even a killed server
+            # leaves the LoRA of the last saved step where Load LoRA lists it.
             result = train_dpo(pipeline, run_dir, config, batches=batches, resume=bool(resume), callback=on_step,
-                               progress=False)
+                               progress=False, publish_lora_to=lora_file)
         finally:
             progress.close()
-            # On success and on Cancel alike: publish the LoRA of the last completed step.
-            produced = os.path.join(run_dir, LORA_FILE)
-            if os.path.isfile(produced):
-                copy_atomic(produced, lora_file)
             del pipeline, trained
         tensors, _ = read_lora(lora_file, "lora_path")
         patched = comfy_bridge.patch_with_lora(model, tensors, 1.0, 1.0)

@@ -301,7 +301,8 @@ def _prepare_lora(model: nn.Module, spec: LoraSpec, seed: int) -> None:
 
 def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = DPOTrainingConfig(), *,
               batches: WinnerFn | None = None, pairs: PairFn | None = None, resume: bool = True,
-              callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> DPOTrainingResult:
+              callback: Callable[[int, dict], None] | None = None, progress: bool = True,
+              publish_lora_to: str | os.PathLike | None = None) -> DPOTrainingResult:
     """Train a LoRA on ``pipeline.model`` for sync with DPO (or the SFT baseline); files in ``out_dir``.
 
     pipeline: an ``AVPipeline`` (model, video_codec, audio_codec, text_encoder); its model gets the adapters in place.
@@ -312,6 +313,8 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     resume: continue from ``out_dir/train_state.safetensors`` when it exists (bit-identical on a CPU).
     callback(step, logs): after each step (and after that step's files are written); an exception raised there
     stops training with a resumable checkpoint and the LoRA of the last completed step.
+    publish_lora_to: a second place the LoRA is written to every time it is (e.g. the folder ComfyUI lists LoRAs
+    from), so that copy follows the checkpoint even when the process is killed outright.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +342,8 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
 
     def export(step: int, history: list[dict]) -> np.ndarray:
         save_lora(model, lora_path, {**meta, "step": str(step)})
+        if publish_lora_to is not None:
+            save_lora(model, publish_lora_to, {**meta, "step": str(step)})
         write_text_atomic(history_path, json.dumps(history))
         curves = render_training_curves(history, config.objective)
         write_png(curves_path, curves)

@@ -6,15 +6,22 @@ What it guarantees:
   N/2 + interrupt + resume N/2 give identical weights on a CPU.
 * **Nothing lost.** A checkpoint is written every ``save_every`` steps and whenever the loop stops on an exception
   (interruption included), atomically (temp file + rename), in safetensors.
+* **SIGTERM is an interruption.** ``docker stop``, a scheduler's pre-emption or ``kill`` save like Ctrl-C: in the
+  main thread the loop turns SIGTERM into ``TrainingTerminated`` (a ``KeyboardInterrupt``) for as long as it runs.
+  Kill -9 cannot be caught: the last checkpoint written (every ``save_every`` steps) is what a resume starts from.
 * **Only trainable parameters** (``requires_grad``) are optimised, saved and averaged: freezing a tower or training
   LoRA adapters is a matter of what the caller leaves trainable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..model.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
 from ..model.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+
+log = logging.getLogger(__name__)
 
 STATE_FORMAT = "comfyui-syncav train state v1"
 CHECKPOINT_NAME = "train_state.safetensors"
@@ -158,6 +168,28 @@ def load_train_state(path: str | os.PathLike, params: dict[str, nn.Parameter], o
                       seconds=float(metadata.get("seconds", 0.0)))
 
 
+class TrainingTerminated(KeyboardInterrupt):
+    """SIGTERM arrived while training: handled like Ctrl-C (the loop saves the last completed step, then stops)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While inside, SIGTERM raises ``TrainingTerminated`` in the main thread (elsewhere, e.g. in ComfyUI's worker
+    thread, signals cannot be handled and the server's own handling applies). The previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise TrainingTerminated(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---- the loop -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -189,6 +221,9 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
     state = TrainState()
     if resume and checkpoint.is_file():
         state = load_train_state(checkpoint, params, optimizer, ema)
+        if device.type == "cpu" and not resume_is_bit_identical():
+            log.warning("train: resuming at step %d without MKL's reproducible mode (%s): the run will match a "
+                        "straight one closely, not bit for bit", state.step, reproducible_blas_status())
 
     def save() -> None:
         save_train_state(checkpoint, params, optimizer, ema, state, cfg)
@@ -201,7 +236,7 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with sigterm_interrupts(), torch.inference_mode(False), torch.enable_grad():
             while state.step < cfg.steps:
                 started = time.perf_counter()
                 step = state.step

@@ -6,6 +6,7 @@ Environment:
   COMFYUI_PYTHONPATH  PYTHONPATH for the server (e.g. a folder with torchvision/torchaudio stubs).
   COMFYUI_EXTRA_ARGS  extra main.py flags, split like a shell would (e.g. "--cache-none").
   COMFYUI_STARTUP_TIMEOUT  seconds to wait for /object_info (default 180).
+  SYNCAV_REQUIRE_COMFYUI   set (as CI does): an unset COMFYUI_DIR fails these tests instead of skipping them.
 
 The server runs with --base-directory in a temp folder, so the checkout is never written to: that folder holds
 custom_nodes/ComfyUI-SyncAV (a symlink to this repository), custom_nodes/syncav_test_probes (the test-only nodes of
@@ -41,6 +42,9 @@ _HERE = Path(__file__).resolve().parent
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("COMFYUI_DIR"):
         return
+    if os.environ.get("SYNCAV_REQUIRE_COMFYUI"):
+        raise pytest.UsageError("SYNCAV_REQUIRE_COMFYUI is set but COMFYUI_DIR is not: the integration tests must "
+                                "run against a real ComfyUI here (see .ci/run)")
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if _HERE in Path(str(item.fspath)).resolve().parents:

@@ -99,6 +99,12 @@ def test_cancel_leaves_a_resumable_run(comfy_server):
         if time.monotonic() > deadline:
             pytest.fail("no training checkpoint after 600 s\n" + comfy_server.log_tail())
         time.sleep(0.2)
+    # The published LoRA follows the checkpoints while the run goes on (a killed server still leaves one).
+    while not lora.is_file():
+        if comfy_server.history(prompt_id) is not None or time.monotonic() > deadline:
+            pytest.fail("no published LoRA while the run went on\n" + comfy_server.log_tail())
+        time.sleep(0.05)
+    assert step_of(lora) % 3 == 0
     comfy_server.interrupt(prompt_id)
     entry = comfy_server.wait(prompt_id, timeout=300, check=False)
     events = [event for event, _ in entry["status"]["messages"]]
