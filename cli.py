@@ -19,6 +19,9 @@ def _interval(text: str) -> tuple[float, float]:
         start, end = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START,END fractions such as 0,0.5; got {text!r}") from None
+    if not 0.0 <= start <= end <= 1.0:   # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected START,END fractions with 0 <= START <= END <= 1, such as 0,0.5; "
+                                         f"got {text!r}")
     return start, end
 
 
@@ -152,19 +155,47 @@ def _add_lora_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-strength-audio", type=float, default=1.0, help="LoRA strength on the audio tower")
 
 
-def _apply_lora_arg(pipeline, args) -> None:
-    """Merge --lora into the pipeline's model (its own copy: the CLI builds a fresh pipeline per run)."""
+def _lora_file(args):
+    """The file --lora names (the shipped sync LoRA for 'embedded-sync'), or None without --lora."""
     if args.lora is None:
-        return
-    from .model.lora import apply_lora, check_lora_fits, load_lora
-
+        return None
     from .model.pipeline import EMBEDDED_SYNC_LORA_NAME, embedded_sync_lora_path
 
-    path = embedded_sync_lora_path() if args.lora == EMBEDDED_SYNC_LORA_NAME else args.lora
-    tensors, _ = load_lora(path)
+    return embedded_sync_lora_path() if args.lora == EMBEDDED_SYNC_LORA_NAME else args.lora
+
+
+def _load_lora_arg(args):
+    """The tensors of --lora, read before any model is built (a wrong file fails at once), or None."""
+    path = _lora_file(args)
+    if path is None:
+        return None
+    from .model.lora import load_lora
+    from .model.safetensors_io import CheckpointError
+
+    try:
+        tensors, _ = load_lora(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"--lora: {error}") from None
+    return tensors
+
+
+def _apply_lora_arg(pipeline, args, tensors) -> None:
+    """Merge the --lora tensors into the pipeline's model (its own copy: the CLI builds a fresh pipeline per run)."""
+    if tensors is None:
+        return
+    from .model.lora import apply_lora, check_lora_fits
+
     check_lora_fits(pipeline.model, tensors, where=f"--lora {args.lora}")
     apply_lora(pipeline.model, tensors, strength_video=args.lora_strength_video,
                strength_audio=args.lora_strength_audio)
+
+
+def _shipped_files() -> dict:
+    """The embedded default's shipped files: every run reads them, so no output may replace one."""
+    from .model.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_SYNC_LORA_FILE, EMBEDDED_TEXT_FILE
+
+    return {"shipped weights": EMBEDDED_MODEL_FILE, "shipped text encoder": EMBEDDED_TEXT_FILE,
+            "shipped sync LoRA": EMBEDDED_SYNC_LORA_FILE}
 
 
 def _build_ovi(args):
@@ -186,15 +217,27 @@ def _build_ovi(args):
 def _generate(args) -> int:
     import torch
 
-    from .model.generate import generate_clip
+    from .model.atomic_files import check_output_path
+    from .model.generate import check_generation_args, generate_clip, resolve_device
     from .model.media_io import write_mp4
     from .model.pipeline import build_embedded_default
     from .model.sync_cfg import SyncCFGGuidance
 
     started = time.perf_counter()
+    # Everything that can be checked without the model, before it is loaded (an Ovi load takes minutes).
+    if args.model == "embedded" and args.speech:
+        raise ValueError("--speech: the embedded default does not speak; spoken lines need an Ovi --model")
+    check_generation_args(seconds=args.seconds, height_px=args.height, width_px=args.width, steps=args.steps,
+                          solver=args.solver, shift=args.shift, seed=args.seed)
+    sync_video, sync_audio = _stream_sync_scales(args, args.sync_scale)
+    guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
+                               sync_scale_video=sync_video, sync_scale_audio=sync_audio,
+                               sync_interval=args.sync_interval, slg_blocks=args.slg_blocks)
+    resolve_device(args.device, "--device")
+    lora = _load_lora_arg(args)
+    check_output_path(args.out, "--out", suffixes=(".mp4",),
+                      inputs={"--lora": _lora_file(args), **_shipped_files()})
     if args.model == "embedded":
-        if args.speech:
-            raise ValueError("--speech: the embedded default does not speak; spoken lines need an Ovi --model")
         pipeline = build_embedded_default(device=args.device)
         if args.blocks_on_gpu is not None:
             from .model.block_swap import enable_block_swap
@@ -206,6 +249,7 @@ def _generate(args) -> int:
     else:
         from .model.ovi_prompt import build_ovi_prompt
 
+        _check_ovi_clip_memory(args)
         pipeline = _build_ovi(args)
         variant = pipeline.variant
         seconds, width, height = variant.seconds, variant.width_px, variant.height_px
@@ -214,11 +258,7 @@ def _generate(args) -> int:
         audio_prompt = prompt   # Ovi's towers read the same prompt
         video_negative, audio_negative = (args.negative, args.negative) if args.negative is not None else \
             pipeline.default_negatives
-    _apply_lora_arg(pipeline, args)
-    sync_video, sync_audio = _stream_sync_scales(args, args.sync_scale)
-    guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
-                               sync_scale_video=sync_video, sync_scale_audio=sync_audio,
-                               sync_interval=args.sync_interval, slg_blocks=args.slg_blocks)
+    _apply_lora_arg(pipeline, args, lora)
     with torch.inference_mode():
         clip = generate_clip(pipeline, prompt, audio_prompt,
                              seconds=args.seconds if args.seconds is not None else seconds,
@@ -233,11 +273,33 @@ def _generate(args) -> int:
     return 0
 
 
+def _check_ovi_clip_memory(args) -> None:
+    """An Ovi clip's frames must fit in memory: checked from the variant's rates before its weights load."""
+    from .model.generate import check_fits_memory, clip_host_bytes
+    from .model.ovi_variants import get_variant
+
+    variant = get_variant(args.model)
+    seconds = args.seconds if args.seconds is not None else variant.seconds
+    height = args.height if args.height is not None else variant.height_px
+    width = args.width if args.width is not None else variant.width_px
+    check_fits_memory(clip_host_bytes(seconds, height, width, variant.fps), "--seconds / --width / --height",
+                      f"the decoded frames of a {seconds:g} s clip of {width}x{height} px at {variant.fps:g} fps")
+
+
 def _bouncebench(args) -> int:
-    from .train.bouncebench import VARIANTS, write_dataset
+    from .model.atomic_files import check_output_path
+    from .train.bouncebench import VARIANTS, split_seeds, write_dataset
 
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
+    if args.clips < 1 or args.start < 0:
+        raise ValueError(f"--clips / --start: expected at least 1 clip from a start >= 0, got --clips {args.clips} "
+                         f"--start {args.start}")
+    try:
+        split_seeds(args.split, args.clips, args.start)
+    except ValueError as error:
+        raise ValueError(f"--clips / --start: {error}") from None
+    check_output_path(args.out, "--out", folder=True)
     files = write_dataset(args.out, args.split, args.clips, VARIANTS[args.variant], start=args.start)
     print(f"wrote {len(files)} clips to {args.out}")
     return 0
@@ -254,16 +316,22 @@ def _default_recipe(args):
     if args.lr is not None:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, lr=args.lr))
     if args.noise_shift is not None:
-        if not args.noise_shift > 0:
-            raise ValueError(f"--noise-shift: expected a positive shift, got {args.noise_shift}")
+        if not 0 < args.noise_shift < float("inf"):
+            raise ValueError(f"--noise-shift: expected a positive shift (finite), got {args.noise_shift}")
         recipe = dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, shift=args.noise_shift))
     return recipe
 
 
+# train-default's flags, named in check_embedded_training_args's messages.
+TRAIN_DEFAULT_FLAGS = {"out_dir": "--out", "init_weights": "--init", "batch_size": "--batch-size", "steps": "--steps",
+                       "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift"}
+
+
 def _train_default(args) -> int:
-    from .train.embedded_training import train_embedded_default
+    from .train.embedded_training import check_embedded_training_args, train_embedded_default
 
     recipe = _default_recipe(args)
+    check_embedded_training_args(args.out, recipe, args.init, names=TRAIN_DEFAULT_FLAGS)
     result = train_embedded_default(args.out, recipe, init_weights=args.init, resume=not args.no_resume)
     last = result.state.history[-1] if result.state.history else {}
     print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; last loss "
@@ -272,8 +340,10 @@ def _train_default(args) -> int:
 
 
 def _eval(args) -> int:
+    from .model.atomic_files import check_output_path
+    from .model.generate import check_generation_args, resolve_device
     from .model.sync_cfg import SyncCFGGuidance
-    from .train.bouncebench import VARIANTS
+    from .train.bouncebench import VARIANTS, split_seeds
     from .train.evaluation import evaluate_bouncebench, format_table, write_json_atomic
 
     if args.variant not in VARIANTS:
@@ -293,14 +363,21 @@ def _eval(args) -> int:
                                sync_scale_video=sync_video, sync_scale_audio=sync_audio, sync_interval=interval)
     if args.clips < 1 or args.steps < 1:
         raise ValueError(f"--clips and --steps: expected positive numbers, got {args.clips} and {args.steps}")
-    folder = os.path.dirname(os.path.abspath(args.json))
-    if not os.path.isdir(folder):  # fail before the evaluation, not after it
-        raise ValueError(f"--json {args.json}: folder {folder!r} does not exist")
+    try:
+        split_seeds(args.split, args.clips, start=args.seed)
+    except ValueError as error:
+        raise ValueError(f"--clips / --seed: {error}") from None
+    check_generation_args(steps=args.steps, solver=args.solver, shift=args.shift)
+    resolve_device(args.device, "--device")
+    lora = _load_lora_arg(args)
+    # fail before the evaluation, not after it
+    check_output_path(args.json, "--json", parent_must_exist=True,
+                      inputs={"--lora": _lora_file(args), **_shipped_files()})
 
     from .model.pipeline import build_embedded_default
 
     pipeline = build_embedded_default(device=args.device)
-    _apply_lora_arg(pipeline, args)
+    _apply_lora_arg(pipeline, args, lora)
     result = evaluate_bouncebench(pipeline, split=args.split, seed=args.seed, clips=args.clips, variant=args.variant,
                                   guidance=guidance, steps=args.steps, solver=args.solver, shift=args.shift,
                                   include_real=args.real, progress=True)
@@ -311,8 +388,10 @@ def _eval(args) -> int:
 
 
 def _convert(args) -> int:
+    from .model.atomic_files import check_output_path
     from .model.convert_checkpoint import convert_checkpoint
 
+    check_output_path(args.output, "output", suffixes=(".safetensors",), inputs={"input": args.input})
     report = convert_checkpoint(args.input, args.output, kind=args.kind)
     notes = f" ({'; '.join(report.notes)})" if report.notes else ""
     print(f"wrote {args.output}: {report.kind}, {report.num_tensors} tensors{notes}")
@@ -341,7 +420,26 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args)
         if args.command == "run":
             return _run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input or a missing file: one clear line
+    except ValueError as error:  # bad input: one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:     # a file that cannot be read or written (missing, permissions, disk full ...)
+        print(f"error: {_os_error_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:   # Ctrl-C, or SIGTERM during training (train/loop.py): saved, resumable
+        print(f"interrupted{f' ({stop})' if str(stop) else ''}; a training command resumes when run again",
+              file=sys.stderr)
+        return 130
+    except MemoryError:          # past the up-front estimate (it is a lower bound): a resource limit, not bad input
+        print("error: out of memory; expected a smaller request (fewer seconds, pixels, clips or a smaller batch)",
+              file=sys.stderr)
+        return 1
     return 1
+
+
+def _os_error_line(error: OSError) -> str:
+    """One line naming the file and what went wrong (an OSError's own text may lack the name)."""
+    if error.filename is None or not error.strerror:
+        return str(error)
+    names = str(error.filename) + (f" -> {error.filename2}" if error.filename2 else "")
+    return f"{names}: {error.strerror}"

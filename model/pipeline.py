@@ -52,8 +52,8 @@ class AVPipeline:
         Frames are rounded to what the video codec takes; the audio covers the same seconds as the frames.
         """
         vc, ac = self.video_codec, self.audio_codec
-        if not seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {seconds}")
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"seconds must be finite and > 0, got {seconds}")
         s = self.pixel_multiple
         if height_px % s or width_px % s or height_px <= 0 or width_px <= 0:
             raise ValueError(f"height and width must be positive multiples of {s} px for this model, got "

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 
-from ..model.atomic_files import atomic_path
+from ..model.atomic_files import atomic_path, is_hidden_or_temporary
 from ..model.lora import check_lora_fits, load_lora
 from ..model.safetensors_io import CheckpointError
 from . import comfy_bridge
@@ -34,6 +34,12 @@ def copy_atomic(source: str, target: str) -> None:
     """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written file)."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def listed_lora_names() -> list[str]:
+    """The LoRA files the node offers: ``comfy_bridge.lora_names()`` without hidden or temporary files (a write
+    cut short leaves a hidden ``.NAME.XXXX.tmp``; older versions left ``.NAME.XXXX.tmp.safetensors``)."""
+    return [name for name in comfy_bridge.lora_names() if not is_hidden_or_temporary(name)]
 
 
 def read_lora(path: str, what: str):
@@ -73,7 +79,7 @@ class SyncAVLoadLoRA:
 
         return {"required": {
             "model": ("MODEL", {"tooltip": "The joint model from SyncAV Loader (or another LoRA node)."}),
-            "lora": ([NO_LORA] + comfy_bridge.lora_names(), {
+            "lora": ([NO_LORA] + listed_lora_names(), {
                 "default": NO_LORA,
                 "tooltip": "A LoRA from models/syncav_lora (SyncAV Save LoRA) or output/syncav_lora (SyncAV DPO "
                            "Trainer). 'none': use the lora_path input."}),

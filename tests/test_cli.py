@@ -102,3 +102,58 @@ def test_train_default_refuses_a_non_positive_noise_shift(tmp_path, capsys):
     assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--noise-shift", "0"]) == 2
     assert "--noise-shift: expected a positive shift" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_atomic_writes_use_hidden_tmp_names_flush_to_disk_and_are_never_listed(tmp_path, monkeypatch):
+    """A kill mid-write leaves only a hidden ``.tmp`` file: not a name ComfyUI lists (.safetensors, .mp4 ...), and
+    the SyncAV LoRA list skips it (and older ``.x.tmp.safetensors`` leftovers). The data and the rename are fsynced
+    before and after the file is published."""
+    import os
+
+    from comfyui_syncav.model import atomic_files
+    from comfyui_syncav.nodes import comfy_bridge
+    from comfyui_syncav.nodes.lora import listed_lora_names
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic_files.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    with atomic_files.atomic_path(tmp_path / "kept.safetensors") as tmp:
+        name = os.path.basename(tmp)
+        assert name.startswith(".kept.safetensors.") and name.endswith(".tmp"), name
+        open(tmp, "wb").write(b"data")
+        assert synced == []                       # nothing published yet
+    assert (tmp_path / "kept.safetensors").read_bytes() == b"data"
+    assert len(synced) == (2 if os.name == "posix" else 1)   # the file, then its folder
+    for leftover in (name, ".kept.safetensors.abc123.tmp.safetensors", ".hidden/b.safetensors", "c.safetensors.tmp"):
+        (tmp_path / leftover).parent.mkdir(exist_ok=True)
+        (tmp_path / leftover).write_bytes(b"")
+    monkeypatch.setattr(comfy_bridge, "lora_folders", lambda: [str(tmp_path)])
+    assert comfy_bridge.lora_names() != ["kept.safetensors"]   # the raw list sees the leftovers ...
+    assert listed_lora_names() == ["kept.safetensors"]        # ... the node does not
+
+
+def test_output_check_lets_good_paths_through_without_writing(tmp_path):
+    from comfyui_syncav.model.atomic_files import OutputPathError, check_output_path
+
+    (tmp_path / "old.mp4").write_bytes(b"old")
+    assert check_output_path(tmp_path / "old.mp4", "--out", suffixes=(".mp4",)) == tmp_path / "old.mp4"  # replaced
+    assert check_output_path(tmp_path / "a" / "b" / "clip.MP4", "--out", suffixes=(".mp4",)).name == "clip.MP4"
+    assert check_output_path(tmp_path / "run", "--out", folder=True, writes=("x.png",)) == tmp_path / "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.mp4"]          # no folder made, no probe left
+    try:
+        check_output_path(tmp_path / "a" / "clip.mp4", "--out", parent_must_exist=True)
+    except OutputPathError as error:
+        assert "does not exist" in str(error)
+    else:
+        raise AssertionError("a missing folder was accepted with parent_must_exist")
+
+
+def test_os_errors_become_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    from comfyui_syncav import cli
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "clip.mp4"))
+
+    monkeypatch.setattr(cli, "_convert", disk_full)
+    assert cli.main(["convert", "in.pth", "out.safetensors"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'clip.mp4'}: No space left on device"

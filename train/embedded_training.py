@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -23,7 +26,7 @@ from ..model.text import EncodedText
 from ..model.text_tiny import TinyTextEncoder
 from .bouncebench import STANDARD, make_batch, split_seeds
 from .flow_loss import AVBatch, FlowLossConfig, av_flow_loss
-from .loop import TrainConfig, TrainResult, train
+from .loop import CHECKPOINT_NAME, StepCallback, TrainConfig, TrainResult, train
 from .plot import render_curves, write_png
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,14 @@ class BounceBatches:
         self._captions: dict[str, torch.Tensor] = {}
 
     def _caption_rows(self, captions: list[str]) -> torch.Tensor:
-        missing = [c for c in dict.fromkeys(captions) if c not in self._captions]
-        if missing:
-            with torch.no_grad():
-                encoded: EncodedText = self.text_encoder.encode(missing)
-            for caption, row in zip(missing, encoded.embeddings):
-                self._captions[caption] = row.float().cpu()
+        for caption in dict.fromkeys(captions):
+            if caption not in self._captions:
+                # Each caption on its own: a batch's padding changes the products' shapes and, without MKL's
+                # reproducible mode, their last bits, so a resumed process (which meets the captions in other
+                # batches) would train on slightly different embeddings than the straight run.
+                with torch.no_grad():
+                    encoded: EncodedText = self.text_encoder.encode([caption])
+                self._captions[caption] = encoded.embeddings[0].float().cpu()
         return torch.stack([self._captions[c] for c in captions])
 
     def __call__(self, step: int, generator: torch.Generator) -> AVBatch:
@@ -78,29 +83,95 @@ class BounceBatches:
 
 def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = EmbeddedRecipe(), *,
                            init_weights: str | os.PathLike | None = None, resume: bool = True,
-                           export: bool = True, progress: bool = True, seed: int = 0) -> TrainResult:
+                           export: bool = True, progress: bool = True, seed: int = 0,
+                           callback: StepCallback | None = None) -> TrainResult:
     """Train (or resume) the embedded default in ``out_dir``; with ``export`` write the EMA weights, the text
     encoder and the loss curve to ``out_dir`` (embedded_default.safetensors, embedded_text_encoder.safetensors,
     loss.png, recipe.json). ``init_weights``: start from these weights (e.g. the shipped ones) instead of seed."""
+    init_model = check_embedded_training_args(out_dir, recipe, init_weights)   # before anything is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
     config = embedded_config(video_codec, audio_codec)
-    if init_weights is not None:
-        model = load_joint_model(init_weights)
-        if model.config != config:
-            raise ValueError(f"init_weights: {init_weights} holds another configuration than the embedded default")
+    if init_model is not None:
+        model = init_model
     else:
         torch.manual_seed(seed)
         model = JointModel(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
     text_encoder = TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE) if EMBEDDED_TEXT_FILE.is_file() else TinyTextEncoder()
     batches = BounceBatches(recipe.batch_size, recipe.caption_dropout, text_encoder, video_codec, audio_codec,
                             data_start_step=recipe.data_start_step)
     loss = lambda m, batch, g: av_flow_loss(m, batch, g, recipe.loss)  # noqa: E731
-    result = train(model, batches, loss, recipe.train, out_dir, resume=resume, progress=progress)
+    result = train(model, batches, loss, recipe.train, out_dir, resume=resume, progress=progress, callback=callback)
     if export:
         export_embedded(model, result, text_encoder, recipe, out_dir)
     return result
+
+
+# How train_embedded_default's arguments are named in messages; the command line passes its flags instead.
+ARGUMENT_NAMES = {"out_dir": "out_dir", "init_weights": "init_weights", "batch_size": "recipe.batch_size",
+                  "steps": "recipe.train.steps", "lr": "recipe.train.lr", "data_start_step": "recipe.data_start_step",
+                  "caption_dropout": "recipe.caption_dropout", "shift": "recipe.loss.shift"}
+# The files train_embedded_default writes in its folder.
+WRITTEN_FILES = (EMBEDDED_MODEL_FILE.name, EMBEDDED_TEXT_FILE.name, "loss.png", "history.json", CHECKPOINT_NAME)
+
+
+def _is_count(value, low: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=None,
+                                 names: Mapping[str, str] | None = None) -> JointModel | None:
+    """Refuse what ``train_embedded_default`` cannot train with, before anything is written or trained; returns
+    the ``init_weights`` model (loaded on the CPU and checked to be the embedded default's network) or None.
+
+    names: how each argument is called in messages (``ARGUMENT_NAMES`` keys; the CLI passes its flags).
+    Checks: batch size >= 1, data start step >= 0, peak learning rate finite > 0, caption dropout in [0, 1], noise
+    shift finite > 0; that the steps' clips fit in the BounceBench train split (step k reads seeds
+    (data_start_step + k) * B ..); that one batch of clips fits in memory (``model.generate.clip_host_bytes``); the
+    output folder (``model.atomic_files.check_output_path``: writable, no folder where a file goes, no written file
+    that is the init file or a shipped one); and the init weights.
+    """
+    from ..model.atomic_files import check_output_path
+    from ..model.generate import check_fits_memory, clip_host_bytes
+    from ..model.safetensors_io import CheckpointError
+    from .bouncebench import SPLITS
+
+    name = {**ARGUMENT_NAMES, **(names or {})}
+    batch, start, steps = recipe.batch_size, recipe.data_start_step, recipe.train.steps
+    if not _is_count(batch, 1):
+        raise ValueError(f"{name['batch_size']}: expected a positive number of clips per step, got {batch!r}")
+    if not _is_count(start, 0):
+        raise ValueError(f"{name['data_start_step']}: expected a step number >= 0, got {start!r}")
+    for key, value, low in (("lr", recipe.train.lr, 0.0), ("shift", recipe.loss.shift, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < math.inf:
+            raise ValueError(f"{name[key]}: expected a finite number > 0, got {value!r}")
+    if not isinstance(recipe.caption_dropout, numbers.Real) or not 0.0 <= recipe.caption_dropout <= 1.0:
+        raise ValueError(f"{name['caption_dropout']}: expected a fraction in [0, 1], got {recipe.caption_dropout!r}")
+    low, high = SPLITS["train"]
+    if (start + steps) * batch > high - low:
+        raise ValueError(f"{name['steps']} / {name['batch_size']} / {name['data_start_step']}: ({start} + {steps} "
+                         f"steps) x {batch} clips = {(start + steps) * batch} clips, more than the BounceBench train "
+                         f"split's {high - low}; expected fewer steps or a smaller batch")
+    bench = STANDARD
+    check_fits_memory(clip_host_bytes(bench.seconds, bench.size_px, bench.size_px, bench.fps, bench.sample_rate_hz,
+                                      clips=batch), name["batch_size"],
+                      f"the frames and sound of a batch of {batch} BounceBench clips")
+    # The text encoder is read from the package's weights/ (and re-written); its shipped weights must not be lost.
+    check_output_path(out_dir, name["out_dir"], folder=True, writes=WRITTEN_FILES,
+                      inputs={name["init_weights"]: init_weights, "shipped text encoder": EMBEDDED_TEXT_FILE,
+                              "shipped weights": EMBEDDED_MODEL_FILE})
+    if init_weights is None:
+        return None
+    try:
+        model = load_joint_model(init_weights)
+    except CheckpointError as error:
+        raise CheckpointError(f"{name['init_weights']}: {error}") from None
+    if model.config != embedded_config():
+        raise CheckpointError(f"{name['init_weights']} {init_weights}: holds another network than the embedded "
+                              "default (another configuration); expected weights saved by train-default or the "
+                              "shipped weights/embedded_default.safetensors")
+    return model
 
 
 def export_embedded(model: JointModel, result: TrainResult, text_encoder: TinyTextEncoder, recipe: EmbeddedRecipe,

@@ -418,7 +418,7 @@ def evaluate_bouncebench(pipeline, *, split: str = "val", seed: int = 0, clips: 
     of every sync_report key), chance (the full chance report); real (when asked: the same summary for the real
     clips, with its own sync, chance and per_clip); per_clip (one record per seed, see ``score_clip``).
     """
-    from ..model.generate import generate_clip  # model/ is only needed to generate
+    from ..model.generate import check_fits_memory, clip_host_bytes, generate_clip  # only needed to generate
     from ..model.sync_cfg import SyncCFGGuidance
 
     if not isinstance(guidance, SyncCFGGuidance):
@@ -431,6 +431,10 @@ def evaluate_bouncebench(pipeline, *, split: str = "val", seed: int = 0, clips: 
         raise ValueError(f"steps: expected a positive number of sampling steps, got {steps!r}")
     config = VARIANTS[variant]
     seeds = split_seeds(split, clips, start=seed)
+    # Every clip's frames and sound are kept (generated and real) for the chance baseline and the summary.
+    check_fits_memory(clip_host_bytes(config.seconds, config.size_px, config.size_px, config.fps,
+                                      config.sample_rate_hz, clips=clips), "clips",
+                      f"the frames and sound of {clips} {variant} clips (generated and real)")
     started = time.perf_counter()
 
     bar = None
