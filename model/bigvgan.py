@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import key_mismatch_error
-from .safetensors_io import CheckpointError, load_tensors, read_header
+from .safetensors_io import CheckpointError, check_weights, load_weights, read_header, shape_of
 
 
 @dataclass(frozen=True)
@@ -306,10 +306,10 @@ def infer_bigvgan_config(shapes: dict[str, list[int]], path: str = "vocoder") ->
         sample = ", ".join(sorted(shapes)[:5])
         raise CheckpointError(f"{path}: not a BigVGAN vocoder (no conv_pre / conv_post weights); its first keys are: "
                               f"{sample}")
-    channels, num_mels, _ = shapes["conv_pre.weight"]
+    channels, num_mels, _ = shape_of(shapes, "conv_pre.weight", 3, path)
     expected = BIGVGAN_16K_CONFIG
     stages = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"ups\.(\d+)\.0\.weight$", k))})
-    kernels = tuple(shapes[f"ups.{i}.0.weight"][2] for i in stages)
+    kernels = tuple(shape_of(shapes, f"ups.{i}.0.weight", 3, path)[2] for i in stages)
     if num_mels != expected.num_mels or kernels != expected.upsample_kernel_sizes:
         hint = (" (e.g. bigvgan_v2_44khz_128band_512x, which MMAudio pairs with its 44.1 kHz VAE)"
                 if num_mels == 128 else "")
@@ -321,13 +321,19 @@ def infer_bigvgan_config(shapes: dict[str, list[int]], path: str = "vocoder") ->
     if "conv_post.bias" not in shapes:
         raise CheckpointError(f"{path}: a BigVGAN vocoder without conv_post.bias (a BigVGAN-v2 layout); Ovi needs "
                               "MMAudio's 16 kHz vocoder (best_netG.pt)")
+    if channels < 1:
+        raise CheckpointError(f"{path}: conv_pre.weight has 0 output channels; expected the vocoder's width")
     return BigVGANConfig(num_mels=num_mels, upsample_initial_channel=channels)
 
 
 def bigvgan_state_dict_for_loading(tensors: dict[str, torch.Tensor], path: str = "vocoder"
                                    ) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors in any of the published layouts -> the folded state dict ``BigVGANGenerator`` takes."""
-    return fold_weight_norm(strip_generator_prefix(tensors), where=path)
+    """A checkpoint's tensors in any of the published layouts -> the folded state dict ``BigVGANGenerator`` takes.
+    A direction tensor of norm 0 folds to NaN: such weights are refused (real tensors only; meta ones pass)."""
+    folded = fold_weight_norm(strip_generator_prefix(tensors), where=path)
+    real = {k: v for k, v in folded.items() if v.device.type != "meta"}
+    check_weights(real, path)
+    return folded
 
 
 def load_bigvgan(path: str | os.PathLike, device: str | torch.device | None = None,
@@ -345,6 +351,7 @@ def load_bigvgan(path: str | os.PathLike, device: str | torch.device | None = No
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if expected != shapes:
         raise key_mismatch_error(path, expected, shapes)
-    state = bigvgan_state_dict_for_loading({k: v.float() for k, v in load_tensors(path).items()}, path)
+    raw = load_weights(path, cast=lambda key, tensor: tensor.float())       # refuses NaN/inf weights
+    state = bigvgan_state_dict_for_loading(raw, path)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval().requires_grad_(False)

@@ -7,6 +7,8 @@ comes from the known Ovi geometry (head width 128) or from the caller.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 
@@ -15,8 +17,8 @@ import torch
 from .config import OVI_ROPE_SCALE, JointConfig, TowerConfig, get_preset
 from .fp8_ops import FP8_OPS, is_fp8, layer_weight_keys
 from .joint import JointModel
-from .safetensors_io import (CheckpointError, describe_key_mismatch, load_tensors, read_header,
-                             save_tensors_atomic)
+from .safetensors_io import (CheckpointError, describe_key_mismatch, load_weights, read_header,
+                             save_tensors_atomic, shape_of)
 
 CONFIG_METADATA_KEY = "syncav_config"
 _REQUIRED = ("video_model.patch_embedding.weight", "audio_model.patch_embedding.0.weight",
@@ -38,13 +40,15 @@ def infer_config(shapes: dict[str, list[int]], num_heads: int | None = None, pat
         sample = ", ".join(sorted(shapes)[:5])
         raise CheckpointError(f"{path}: not a joint audio-video (Ovi-layout) checkpoint: missing {', '.join(absent)}; "
                               f"its first keys are: {sample}")
-    dim, video_in, *patch = shapes["video_model.patch_embedding.weight"]
-    _, audio_in, audio_kernel = shapes["audio_model.patch_embedding.0.weight"]
-    ffn_dim = shapes["video_model.blocks.0.ffn.0.weight"][0]
-    text_dim = shapes["video_model.text_embedding.0.weight"][1]
-    freq_dim = shapes["video_model.time_embedding.0.weight"][1]
-    video_out = shapes["video_model.head.head.weight"][0] // (patch[0] * patch[1] * patch[2])
-    audio_out = shapes["audio_model.head.head.weight"][0]
+    dim, video_in, *patch = shape_of(shapes, "video_model.patch_embedding.weight", 5, path)
+    _, audio_in, audio_kernel = shape_of(shapes, "audio_model.patch_embedding.0.weight", 3, path)
+    ffn_dim = shape_of(shapes, "video_model.blocks.0.ffn.0.weight", 2, path)[0]
+    text_dim = shape_of(shapes, "video_model.text_embedding.0.weight", 2, path)[1]
+    freq_dim = shape_of(shapes, "video_model.time_embedding.0.weight", 2, path)[1]
+    if min(dim, video_in, audio_in, audio_kernel, ffn_dim, text_dim, freq_dim, *patch) < 1:
+        raise CheckpointError(f"{path}: the patch / text / time embeddings have a size-0 dimension")
+    video_out = shape_of(shapes, "video_model.head.head.weight", 2, path)[0] // (patch[0] * patch[1] * patch[2])
+    audio_out = shape_of(shapes, "audio_model.head.head.weight", 2, path)[0]
     layers = _count_blocks(shapes, "video_model")
     if num_heads is None:
         # Wan and Ovi use 128-wide heads at every released size (1536 and up); below that there is no convention.
@@ -53,6 +57,9 @@ def infer_config(shapes: dict[str, list[int]], num_heads: int | None = None, pat
                                   "its weights (it carries no config metadata); pass num_heads")
         num_heads = dim // 128
     is_ovi_geometry = (dim, video_in, audio_in, text_dim) == (3072, 48, 20, 4096)
+    if num_heads < 1 or dim % num_heads or (dim // num_heads) % 2:
+        raise CheckpointError(f"{path}: a {dim}-wide model does not split into {num_heads} attention heads of even "
+                              "width")
     common = dict(dim=dim, ffn_dim=ffn_dim, num_heads=num_heads, num_layers=layers, freq_dim=freq_dim,
                   text_dim=text_dim, text_len=512, qk_norm="video_model.blocks.0.self_attn.norm_q.weight" in shapes,
                   cross_attn_norm="video_model.blocks.0.norm3.weight" in shapes)
@@ -63,6 +70,61 @@ def infer_config(shapes: dict[str, list[int]], num_heads: int | None = None, pat
         audio=TowerConfig(modality="audio", in_channels=audio_in, out_channels=audio_out, patch_size=(1,),
                           rope_scale=OVI_ROPE_SCALE, audio_embed_kernel=audio_kernel, **common),
     )
+
+
+def config_from_metadata(text: str, shapes: dict[str, list[int]], path) -> JointConfig:
+    """The ``syncav_config`` a file carries, checked against its tensors before any network is built from it."""
+    try:
+        config = JointConfig.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as error:
+        # json's errors are ValueErrors; a missing / extra field is a TypeError or KeyError
+        raise CheckpointError(f"{path}: metadata {CONFIG_METADATA_KEY!r} is not a joint model config ({error}); "
+                              f"found {text[:120]!r}") from None
+    _check_config_values(config, path)
+    # A config that disagrees with the weights would build a network of its own size first (a corrupted config
+    # can ask for millions of blocks): compare the depth and width the tensors show.
+    blocks = _count_blocks(shapes, "video_model")
+    stored = shapes.get("video_model.patch_embedding.weight", [None])
+    if config.video.num_layers != blocks or stored[:1] != [config.video.dim]:
+        raise CheckpointError(f"{path}: metadata {CONFIG_METADATA_KEY!r} describes {config.video.num_layers} blocks "
+                              f"of width {config.video.dim}, the tensors {blocks} blocks of width "
+                              f"{stored[0] if stored[:1] else 'unknown'}: a corrupted or edited file")
+    return config
+
+
+# Fields a file's config sets that no tensor shape can check: numbers that must be finite and positive (eps and the
+# x0 floor also below 1). A wrong one would not fail at load but make every generation garbage (a negative eps, a
+# timestep scale of 0, a string where a number belongs fails only at the first forward).
+_POSITIVE_FIELDS = {"eps", "rope_scale", "timestep_scale", "x0_sigma_floor", "text_len", "num_heads", "freq_dim",
+                    "dim", "ffn_dim", "num_layers", "in_channels", "out_channels", "text_dim", "audio_embed_kernel"}
+_BELOW_ONE_FIELDS = {"eps", "x0_sigma_floor"}
+MAX_TEXT_ROWS = 1 << 16     # text_len pads every prompt to this many rows; Ovi uses 512
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_config_values(config, path, where: str = CONFIG_METADATA_KEY) -> None:
+    """Every field of a config read from a file has its declared type and, where it must, a finite positive value."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        name = f"{where}.{field.name}"
+        if dataclasses.is_dataclass(value):
+            _check_config_values(value, path, name)
+            continue
+        types = _FIELD_TYPES.get(str(field.type))
+        if field.name == "patch_size":
+            ok = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+        elif types is None:
+            continue
+        else:
+            ok = isinstance(value, types) and (bool not in types) == (not isinstance(value, bool))
+            if ok and field.name in _POSITIVE_FIELDS:
+                ok = math.isfinite(value) and 0 < value and (value < 1 or field.name not in _BELOW_ONE_FIELDS)
+            if ok and field.name == "text_len" and value > MAX_TEXT_ROWS:
+                raise CheckpointError(f"{path}: metadata {name} is {value}; expected at most {MAX_TEXT_ROWS} rows")
+        if not ok:
+            bound = " below 1" if field.name in _BELOW_ONE_FIELDS else ""
+            raise CheckpointError(f"{path}: metadata {name} is {value!r}; expected a "
+                                  f"{'positive ' if field.name in _POSITIVE_FIELDS else ''}{field.type}{bound}")
 
 
 def key_mismatch_error(path, expected: dict, found: dict) -> CheckpointError:
@@ -89,7 +151,7 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     if config is None and preset is not None:
         config = get_preset(preset)
     if config is None and CONFIG_METADATA_KEY in metadata:
-        config = JointConfig.from_json(metadata[CONFIG_METADATA_KEY])
+        config = config_from_metadata(metadata[CONFIG_METADATA_KEY], shapes, path)
     if config is None:
         config = infer_config(shapes, num_heads, path)
 
@@ -97,8 +159,11 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     keep_fp8 = dtype is None and bool(stored & _FP8)
     if keep_fp8 and operations is None:
         operations = FP8_OPS  # torch.nn layers cannot multiply an fp8 weight with a bf16 input
-    with torch.device("meta"):
-        model = JointModel(config, operations)
+    try:
+        with torch.device("meta"):
+            model = JointModel(config, operations)
+    except (ValueError, TypeError, ZeroDivisionError) as error:
+        raise CheckpointError(f"{path}: its config does not make a joint model: {error}") from None
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if expected != shapes:
         raise key_mismatch_error(path, expected, shapes)
@@ -106,7 +171,6 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     if dtype is None:
         dtype = torch.bfloat16 if stored & _FP8 else (torch.bfloat16 if stored == {"BF16"} else
                                                       torch.float16 if stored == {"F16"} else torch.float32)
-    state = load_tensors(path, device="cpu")
     fp8_keys = layer_weight_keys(model) if keep_fp8 else set()
 
     def converted(key: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -114,7 +178,8 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
             return tensor
         return tensor.to(dtype)
 
-    state = {k: converted(k, v) for k, v in state.items()}
+    # Read straight onto the target device: the NaN/inf check and the dtype conversion run there, per tensor.
+    state = load_weights(path, device=device, cast=converted)
     model.load_state_dict(state, strict=True, assign=True)
     if keep_fp8:
         model.compute_dtype = torch.bfloat16

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from .codec import VideoCodec
-from .safetensors_io import CheckpointError, describe_key_mismatch, load_tensors, read_header
+from .safetensors_io import CheckpointError, describe_key_mismatch, load_weights, read_header, shape_of
 
 WAN22_LATENT_CHANNELS = 48
 WAN22_FPS = 24.0     # Wan2.2 TI2V-5B and Ovi generate at 24 frames per second (121 frames = 5 s)
@@ -183,9 +183,9 @@ def wan22_vae_state_dict_to_original(state: Mapping[str, torch.Tensor], num_res_
 def _vae_layout(shapes: Mapping[str, Sequence[int]]) -> tuple[str, int | None]:
     """('original' | 'diffusers' | 'unknown', latent channels or None) read off a file's keys and shapes."""
     if "conv2.weight" in shapes and any(k.startswith("decoder.middle.") for k in shapes):
-        return "original", int(shapes["conv2.weight"][0])
+        return "original", int((list(shapes["conv2.weight"]) or [0])[0])
     if "post_quant_conv.weight" in shapes and "decoder.conv_in.weight" in shapes:
-        return "diffusers", int(shapes["post_quant_conv.weight"][0])
+        return "diffusers", int((list(shapes["post_quant_conv.weight"]) or [0])[0])
     return "unknown", None
 
 
@@ -219,6 +219,53 @@ def _widths_from_metadata(metadata: Mapping[str, str], path: str) -> dict:
 
 def _mismatch_message(path: str, expected: Mapping[str, list[int]], found: Mapping[str, list[int]]) -> str:
     return f"{path}: expected {_EXPECTED_FILE}; {describe_key_mismatch(expected, found)}"
+
+
+def wan22_vae_widths(shapes: Mapping[str, Sequence[int]], path: str) -> dict:
+    """The widths (``WAN22_VAE_WIDTH_KEYS``) a Wan2.2-layout VAE state dict has, read off its first convolutions
+    (encoder: ``base_dim`` out channels; decoder: ``decoder_base_dim`` times the last ``dim_mult``)."""
+    layout, _ = _vae_layout(shapes)
+    encoder_in, decoder_in = (("encoder.conv1.weight", "decoder.conv1.weight") if layout == "original" else
+                              ("encoder.conv_in.weight", "decoder.conv_in.weight"))
+    base_dim = shape_of(shapes, encoder_in, 5, path)[0]
+    decoder_dim, mult = shape_of(shapes, decoder_in, 5, path)[0], WAN22_VAE_CONFIG["dim_mult"][-1]
+    if base_dim < 1 or decoder_dim < mult or decoder_dim % mult:
+        raise CheckpointError(f"{path}: {encoder_in} / {decoder_in} have {base_dim} / {decoder_dim} channels; "
+                              f"expected {_EXPECTED_FILE}")
+    return {"base_dim": base_dim, "decoder_base_dim": decoder_dim // mult}
+
+
+def check_wan22_vae(shapes: Mapping[str, Sequence[int]], path: str, vae_config: Mapping | None = None
+                    ) -> tuple[AutoencoderKLWan, Callable[[str], str]]:
+    """Check a state dict's ``{key: shape}`` is exactly the Wan2.2 VAE built from ``vae_config`` (None: the
+    Wan2.2 VAE at the widths the file shows), every key and shape; Wan 2.1 and unrelated files are named
+    -> (that VAE on the meta device, the key renamer to its names)."""
+    expected_channels = int((vae_config or WAN22_VAE_CONFIG)["z_dim"])
+    layout, channels = _vae_layout(shapes)
+    if _is_wan21_layout(shapes, layout, channels):
+        raise CheckpointError(f"{path}: this is a Wan 2.1 VAE ({channels or 16} latent channels); Ovi needs the "
+                              f"Wan 2.2 VAE ({expected_channels} channels), e.g. ComfyUI's wan2.2_vae.safetensors")
+    if layout == "unknown":
+        sample = ", ".join(sorted(shapes)[:4]) or "none"
+        raise CheckpointError(f"{path}: not a Wan VAE: expected {_EXPECTED_FILE}, whose keys include "
+                              f"'decoder.middle.0.residual.0.gamma' and 'conv2.weight'; this file has "
+                              f"{len(shapes)} tensors, e.g. {sample}")
+    if channels != expected_channels:
+        raise CheckpointError(f"{path}: a Wan VAE with {channels} latent channels; expected {expected_channels} "
+                              f"({_EXPECTED_FILE})")
+    rename = wan22_vae_key_to_diffusers if layout == "original" else (lambda key: key)
+    if vae_config is None:
+        vae_config = {**WAN22_VAE_CONFIG, **wan22_vae_widths(shapes, path)}
+    try:
+        with torch.device("meta"):
+            vae = AutoencoderKLWan(**vae_config)
+    except (ValueError, TypeError, ZeroDivisionError) as error:
+        raise CheckpointError(f"{path}: its widths {dict(vae_config)} do not make a Wan VAE: {error}") from None
+    expected = {k: list(v.shape) for k, v in vae.state_dict().items()}
+    found = {rename(k): list(shape) for k, shape in shapes.items()}
+    if len(found) != len(shapes) or found != expected:
+        raise CheckpointError(_mismatch_message(path, expected, found))
+    return vae, rename
 
 
 # ------------------------------------------------------------------------------------------- tiling
@@ -314,35 +361,15 @@ class WanVideoCodec(VideoCodec):
         header, metadata = read_header(path)
         shapes = {k: list(v["shape"]) for k, v in header.items()}
         vae_config = {**WAN22_VAE_CONFIG, **_widths_from_metadata(metadata, path), **(config or {})}
-        expected_channels = int(vae_config["z_dim"])
-
-        layout, channels = _vae_layout(shapes)
-        if _is_wan21_layout(shapes, layout, channels):
-            raise CheckpointError(f"{path}: this is a Wan 2.1 VAE ({channels or 16} latent channels); Ovi needs the "
-                                  f"Wan 2.2 VAE ({expected_channels} channels), e.g. ComfyUI's wan2.2_vae.safetensors")
-        if layout == "unknown":
-            sample = ", ".join(sorted(shapes)[:4]) or "none"
-            raise CheckpointError(f"{path}: not a Wan VAE: expected {_EXPECTED_FILE}, whose keys include "
-                                  f"'decoder.middle.0.residual.0.gamma' and 'conv2.weight'; this file has "
-                                  f"{len(shapes)} tensors, e.g. {sample}")
-        if channels != expected_channels:
-            raise CheckpointError(f"{path}: a Wan VAE with {channels} latent channels; expected {expected_channels} "
-                                  f"({_EXPECTED_FILE})")
-        rename = wan22_vae_key_to_diffusers if layout == "original" else (lambda key: key)
-
-        with torch.device("meta"):
-            vae = AutoencoderKLWan(**vae_config)
-        expected = {k: list(v.shape) for k, v in vae.state_dict().items()}
-        found = {rename(k): shape for k, shape in shapes.items()}
-        if len(found) != len(shapes) or found != expected:
-            raise CheckpointError(_mismatch_message(path, expected, found))
+        vae, rename = check_wan22_vae(shapes, path, vae_config)
 
         if dtype is None:
             stored = {v["dtype"] for v in header.values()}
             dtype = {frozenset({"BF16"}): torch.bfloat16, frozenset({"F16"}): torch.float16}.get(
                 frozenset(stored), torch.float32)
         device = torch.device(device if device is not None else "cpu")
-        state = {rename(k): v.to(device=device, dtype=dtype) for k, v in load_tensors(path, "cpu").items()}
+        # Read onto the target device: the NaN/inf check and the dtype conversion run there, per tensor.
+        state = {rename(k): v for k, v in load_weights(path, device, cast=lambda k, v: v.to(dtype=dtype)).items()}
         vae.load_state_dict(state, strict=True, assign=True)
         return cls(vae, latents_mean, latents_std, tiled=tiled, **codec_options)
 

@@ -16,6 +16,7 @@ Tensors keep their stored dtype. The output is written atomically (temporary fil
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -24,13 +25,14 @@ import torch
 
 from .checkpoint import key_mismatch_error
 from .bigvgan import BigVGANGenerator, bigvgan_state_dict_for_loading, infer_bigvgan_config
+from .codec_wan import (VAE_CONFIG_METADATA_KEY, WAN22_LATENT_CHANNELS, WAN22_VAE_CONFIG, check_wan22_vae,
+                        wan22_vae_widths)
 from .mmaudio_vae import MMAudioVAE, infer_mmaudio_vae_config
-from .safetensors_io import CheckpointError, save_tensors_atomic
+from .safetensors_io import CheckpointError, check_weights, save_tensors_atomic
 
 CHECKPOINT_KINDS = ("mmaudio-vae", "bigvgan", "wan-vae")
 # Keys that wrap a state dict in training checkpoints, tried in this order.
 WRAPPER_KEYS = ("generator", "state_dict", "model", "module")
-WAN22_LATENT_CHANNELS = 48
 FORMAT_METADATA_KEY = "syncav_format"
 
 
@@ -127,10 +129,12 @@ def prepare_state_dict(state: dict[str, torch.Tensor], kind: str, path: str = "c
                    if k not in shapes]
         if missing:
             raise CheckpointError(f"{path}: not a Wan VAE (missing {', '.join(missing)})")
-        latent_channels = shapes["conv2.weight"][0]
+        latent_channels = (shapes["conv2.weight"] or [0])[0]
         if latent_channels != WAN22_LATENT_CHANNELS:
             raise CheckpointError(f"{path}: a Wan VAE with {latent_channels} latent channels (Wan2.1's has 16); Ovi "
                                   f"needs the Wan2.2 VAE ({WAN22_LATENT_CHANNELS} channels, Wan2.2_VAE.pth)")
+        # Every key and shape of the network, so a partial or fake file is refused here, not when a video decodes.
+        check_wan22_vae(shapes, path)
         return state, []
     raise ValueError(f"kind: expected auto or one of {', '.join(CHECKPOINT_KINDS)}, got {kind!r}")
 
@@ -154,9 +158,16 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, kind: str
     elif kind != detected:
         raise CheckpointError(f"{src}: --kind {kind} was asked, but the keys are those of a {detected} checkpoint")
     state, layout_notes = prepare_state_dict(state, kind, src)
+    check_weights(state, src)                 # floating point, no NaN/inf: what the loaders would refuse
+    metadata = {FORMAT_METADATA_KEY: kind, "syncav_converted_from": os.path.basename(src)}
+    if kind == "wan-vae":
+        widths = wan22_vae_widths({k: list(v.shape) for k, v in state.items()}, src)
+        if any(widths[k] != WAN22_VAE_CONFIG[k] for k in widths):
+            # Not the published size (a small model): the loader builds these widths from the metadata.
+            metadata[VAE_CONFIG_METADATA_KEY] = json.dumps(widths, sort_keys=True)
+            layout_notes.append(f"widths {widths} (not the published Wan2.2 VAE's) stored in the metadata")
     # safetensors refuses tensors that are views into a larger storage (as some pickles hold): copy those out.
     state = {k: v.clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v
              for k, v in state.items()}
-    save_tensors_atomic(state, dst, metadata={FORMAT_METADATA_KEY: kind,
-                                              "syncav_converted_from": os.path.basename(src)})
+    save_tensors_atomic(state, dst, metadata=metadata)
     return ConversionReport(kind=kind, num_tensors=len(state), notes=notes + layout_notes)

@@ -31,7 +31,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from .safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+from .safetensors_io import CheckpointError, count_non_finite, load_weights, read_header, save_tensors_atomic
 
 LORA_FORMAT = "comfyui-syncav lora v1"
 ADAPTER_NAME = "default"        # peft's adapter slot; one adapter per model is all this package uses
@@ -231,13 +231,22 @@ def _check_lora_keys(tensors: Mapping[str, torch.Tensor], where: str) -> dict[st
     broken = []
     for path, parts in by_module.items():
         a, b = parts.get("lora_A.weight"), parts.get("lora_B.weight")
+        not_float = [f"{part} is {t.dtype}" for part, t in parts.items() if not t.is_floating_point()]
+        non_finite = [f"{part} holds {n} NaN/inf values" for part, t in parts.items() if (n := count_non_finite(t))]
         if a is None or b is None:
             broken.append(f"{path}: lora_A and lora_B must both be present")
+        elif not_float or non_finite:
+            broken.append(f"{path}: expected finite floating-point factors, but {', '.join(not_float + non_finite)}")
         elif a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
             broken.append(f"{path}: lora_A {list(a.shape)} and lora_B {list(b.shape)} are not [rank, in] and "
                           "[out, rank]")
+        elif a.shape[0] < 1:
+            broken.append(f"{path}: rank 0 (lora_A {list(a.shape)}): expected a rank >= 1")
         elif "alpha" in parts and parts["alpha"].numel() != 1:
             broken.append(f"{path}: alpha must be one number, got shape {list(parts['alpha'].shape)}")
+        elif "alpha" in parts and not float(parts["alpha"]) > 0:
+            broken.append(f"{path}: alpha must be > 0 (the update is alpha / rank * B @ A), got "
+                          f"{float(parts['alpha']):g}")
     if broken:
         raise CheckpointError(f"{where}: {len(broken)} malformed LoRA modules: " + "; ".join(broken[:3]))
     return by_module
@@ -246,9 +255,20 @@ def _check_lora_keys(tensors: Mapping[str, torch.Tensor], where: str) -> dict[st
 def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a LoRA file -> (tensors by comfy key, metadata). Checks the key convention, not the target model
     (``apply_lora`` / ``check_lora_fits`` do that)."""
-    _, metadata = read_header(path)
-    tensors = load_tensors(path)
-    _check_lora_keys(tensors, str(path))
+    tensors = load_weights(path)           # also refuses non-float and NaN/inf tensors, naming the first
+    by_module = _check_lora_keys(tensors, str(path))
+    metadata = read_header(path)[1]
+    if "lora_spec" in metadata:
+        # The spec travels with the file (DPO resumes from it): a corrupted one must fail here, not at resume.
+        try:
+            spec = LoraSpec.from_json(metadata["lora_spec"])
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{path}: metadata 'lora_spec' is not a LoRA spec ({error}); found "
+                                  f"{metadata['lora_spec'][:120]!r}") from None
+        ranks = sorted({int(parts["lora_A.weight"].shape[0]) for parts in by_module.values()})
+        if ranks != [spec.rank]:
+            raise CheckpointError(f"{path}: metadata 'lora_spec' says rank {spec.rank}, the tensors have rank "
+                                  f"{', '.join(map(str, ranks))}: a corrupted or edited file")
     return tensors, metadata
 
 
@@ -311,12 +331,14 @@ class MergedLora:
 
 @torch.no_grad()
 def apply_lora(model: nn.Module, lora_tensors: Mapping[str, torch.Tensor], strength_video: float = 1.0,
-               strength_audio: float = 1.0) -> MergedLora:
+               strength_audio: float = 1.0, where: str = "LoRA") -> MergedLora:
     """Merge ``W += strength * (alpha / rank) * B @ A`` into the model's weights in place (the plain-PyTorch path;
     ComfyUI patches through its ModelPatcher instead). Per-tower strengths; a tower at strength 0 is left untouched,
     bit for bit. A missing alpha means alpha = rank (ComfyUI's convention). Returns the handle that restores.
+    where: how errors name the LoRA (its file). A LoRA that does not fit is refused before any weight changes; one
+    whose update would make a weight NaN / inf is refused and the layers merged before it are restored.
     """
-    by_module = check_lora_fits(model, lora_tensors)
+    by_module = check_lora_fits(model, lora_tensors, where)
     strengths = {"video": float(strength_video), "audio": float(strength_audio)}
     modules = dict(_joint(model).named_modules())
     merged = []
@@ -329,7 +351,16 @@ def apply_lora(model: nn.Module, lora_tensors: Mapping[str, torch.Tensor], stren
         alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
         weight = _base_linear(modules[path]).weight
         scale = strength * alpha / rank
-        weight.add_(MergedLora._delta(weight, b, a, scale))
+        patched = weight + MergedLora._delta(weight, b, a, scale)
+        bad = count_non_finite(patched)
+        if bad:
+            # Finite factors can still overflow the weight's dtype (corrupted or absurdly scaled ones): an inf
+            # weight would be merged for good (restoring subtracts inf). Take out what was merged and refuse.
+            MergedLora(merged).restore()
+            raise CheckpointError(f"{where}: merging it into {path} at strength {strength:g} gives {bad} NaN/inf "
+                                  f"weights (|B @ A| up to {float((b.float() @ a.float()).abs().max()):.3g}, alpha "
+                                  f"{alpha:g}, rank {rank}): the factors are corrupted or far too large")
+        weight.copy_(patched)
         merged.append((weight, b, a, scale))
     return MergedLora(merged)
 

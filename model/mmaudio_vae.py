@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import key_mismatch_error
-from .safetensors_io import CheckpointError, load_tensors, read_header
+from .safetensors_io import CheckpointError, load_weights, read_header, shape_of
 
 MP_SILU_GAIN = 0.596          # std of silu(x) for x ~ N(0, 1): dividing by it keeps unit variance
 RESIDUAL_BLEND = 0.3          # weight of the residual branch in the magnitude-preserving sum
@@ -293,8 +293,8 @@ def infer_mmaudio_vae_config(shapes: dict[str, list[int]], path: str = "audio VA
         sample = ", ".join(sorted(shapes)[:5])
         raise CheckpointError(f"{path}: not an MMAudio VAE (missing {', '.join(absent)}); its first keys are: "
                               f"{sample}")
-    hidden_dim, data_dim, _ = shapes["encoder.conv_in.weight"]
-    embed_dim = shapes["decoder.conv_in.weight"][1]
+    hidden_dim, data_dim, _ = shape_of(shapes, "encoder.conv_in.weight", 3, path)
+    embed_dim = shape_of(shapes, "decoder.conv_in.weight", 3, path)[1]
     expected = MMAUDIO_VAE_16K_CONFIG
     if data_dim == MMAUDIO_VAE_44K_DATA_DIM:
         raise CheckpointError(f"{path}: this is the 44.1 kHz MMAudio VAE; Ovi needs the 16 kHz one (v1-16.pth: "
@@ -304,6 +304,8 @@ def infer_mmaudio_vae_config(shapes: dict[str, list[int]], path: str = "audio VA
         raise CheckpointError(f"{path}: an MMAudio-style VAE with {data_dim} mel bands and {embed_dim} latent "
                               f"channels; Ovi needs the 16 kHz one ({expected.data_dim} bands, "
                               f"{expected.embed_dim} channels)")
+    if hidden_dim < 1:
+        raise CheckpointError(f"{path}: encoder.conv_in.weight has 0 output channels; expected the VAE's width")
     return MMAudioVAEConfig(data_dim=data_dim, embed_dim=embed_dim, hidden_dim=hidden_dim)
 
 
@@ -320,7 +322,7 @@ def load_mmaudio_vae(path: str | os.PathLike, device: str | torch.device | None 
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if expected != shapes:
         raise key_mismatch_error(path, expected, shapes)
-    state = {k: v.float() for k, v in load_tensors(path).items()}
+    state = load_weights(path, cast=lambda key, tensor: tensor.float())     # refuses NaN/inf weights
     model.load_state_dict(state, strict=True, assign=True)
     model.normalize_weights_()
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval().requires_grad_(False)

@@ -242,9 +242,9 @@ def _config_argument(path: str, variant: OviVariant) -> dict:
     from .safetensors_io import read_header
 
     header, metadata = read_header(path)
-    shape = header.get("video_model.patch_embedding.weight", {}).get("shape")
+    shape = header.get("video_model.patch_embedding.weight", {}).get("shape") or []
     preset = get_preset(variant.preset)
-    if shape is not None and shape[0] == preset.video.dim and CONFIG_METADATA_KEY not in metadata:
+    if shape[:1] == [preset.video.dim] and CONFIG_METADATA_KEY not in metadata:
         return {"config": preset}
     return {}
 

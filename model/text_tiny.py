@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from .atomic_files import atomic_path
 from .config import PRESETS, TINY_TEXT_DIM
+from .safetensors_io import CheckpointError, describe_key_mismatch, load_weights, read_header
 from .text import EncodedText, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,11 @@ class TinyTextEncoder(TextEncoder):
                   ) -> "TinyTextEncoder":
         """Build an encoder with the hyperparameters stored in a file written by ``save``, and its weights."""
         config = _read_config(weights_path)
+        # Check the file's tensors against its stated hyperparameters on the meta device before a real network of
+        # that size is allocated (a corrupted config could ask for any size).
+        with torch.device("meta"):
+            network = TinyTextNetwork(**config)
+        _check_shapes(weights_path, network)
         return cls(weights_path, device=device, dtype=dtype, **config)
 
     @property
@@ -177,13 +183,12 @@ class TinyTextEncoder(TextEncoder):
 
     def load(self, path: str | os.PathLike) -> None:
         """Load weights saved by ``save``; the file's hyperparameters must match this encoder's."""
-        from safetensors.torch import load_file
-
         config = _read_config(path)
         if config != self.hyperparameters:
             raise ValueError(f"TinyTextEncoder: {os.fspath(path)!r} holds an encoder with {config}, this one has "
                              f"{self.hyperparameters} (use TinyTextEncoder.from_file to build it as saved)")
-        tensors = load_file(os.fspath(path), device="cpu")
+        _check_shapes(path, self.network)
+        tensors = load_weights(path)           # refuses non-float and NaN/inf tensors, naming the first
         with torch.no_grad():
             self.network.load_state_dict({k: v.to(self.network.token_embedding.weight.dtype)
                                           for k, v in tensors.items()})
@@ -219,15 +224,43 @@ class TinyTextEncoder(TextEncoder):
         return padded
 
 
-def _read_config(path: str | os.PathLike) -> dict:
-    from safetensors import safe_open
+_CONFIG_KEYS = ("dim", "max_length", "vocab_size", "num_layers", "num_heads", "ffn_dim")
+# max_length sizes a position table that no stored tensor shows; a corrupted value must not allocate terabytes.
+_MAX_LENGTH_LIMIT = 1 << 16
 
+
+def _read_config(path: str | os.PathLike) -> dict:
+    """The hyperparameters a file written by ``save`` carries, checked (positive integers, the known names)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"TinyTextEncoder: weights file {path!r} does not exist")
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    header, metadata = read_header(path)      # CheckpointError for a folder, a pickle or a malformed file
     if metadata.get("format") != _FILE_FORMAT or "config" not in metadata:
-        raise ValueError(f"TinyTextEncoder: {path!r} is not a tiny text encoder saved by TinyTextEncoder.save "
-                         f"(metadata format {metadata.get('format')!r}, expected {_FILE_FORMAT!r})")
-    return json.loads(metadata["config"])
+        raise CheckpointError(f"TinyTextEncoder: {path!r} is not a tiny text encoder saved by TinyTextEncoder.save "
+                              f"(metadata format {metadata.get('format')!r}, expected {_FILE_FORMAT!r})")
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError:
+        config = None
+    if not isinstance(config, dict) or sorted(config) != sorted(_CONFIG_KEYS) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in config.values()) \
+            or config["dim"] % config["num_heads"] or config["dim"] % 2 or config["max_length"] > _MAX_LENGTH_LIMIT:
+        raise CheckpointError(f"TinyTextEncoder: {path!r}: metadata 'config' must give positive integers "
+                              f"{', '.join(_CONFIG_KEYS)} (dim even and a multiple of num_heads, max_length at "
+                              f"most {_MAX_LENGTH_LIMIT}), found "
+                              f"{metadata['config'][:200]!r}")
+    blocks = len({key.split(".")[1] for key in header if key.startswith("blocks.")})
+    if blocks != config["num_layers"]:
+        raise CheckpointError(f"TinyTextEncoder: {path!r}: metadata 'config' says {config['num_layers']} blocks, the "
+                              f"file holds {blocks}")
+    return config
+
+
+def _check_shapes(path: str | os.PathLike, network: nn.Module) -> None:
+    """The file holds exactly ``network``'s tensors (names and shapes), read from its header."""
+    header, _ = read_header(path)
+    expected = {k: list(v.shape) for k, v in network.state_dict().items()}
+    found = {k: v["shape"] for k, v in header.items()}
+    if found != expected:
+        raise CheckpointError(f"TinyTextEncoder: {os.fspath(path)!r} does not hold the encoder its config "
+                              f"describes: {describe_key_mismatch(expected, found)}")

@@ -144,35 +144,41 @@ def _read_umt5_config(config_file: str, expected_dim: int | None) -> dict:
 
 
 def _load_single_file(model_class, config, weights_file: str, dtype: torch.dtype):
-    from safetensors.torch import load_file
+    from .safetensors_io import load_weights, read_header
 
-    tensors = load_file(weights_file, device="cpu")
-    if any("scaled_fp8" in key or key.endswith(".scale_weight") for key in tensors):
+    # Keys and shapes are checked on the header: a file of another kind fails before gigabytes are read.
+    header, _ = read_header(weights_file)
+    if any("scaled_fp8" in key or key.endswith(".scale_weight") for key in header):
         raise ValueError(f"UMT5TextEncoder: {weights_file!r} holds scaled fp8 weights (ComfyUI's format); use a "
                          "bf16/fp16/fp32 file here, or load it through ComfyUI's CLIP loader")
-    ignored = [k for k in tensors if not k.startswith(_WEIGHT_PREFIXES)]
+    ignored = [k for k in header if not k.startswith(_WEIGHT_PREFIXES)]
     if ignored:
         log.debug("UMT5TextEncoder: ignoring %d keys outside the encoder, e.g. %s", len(ignored), ignored[:3])
-    state = {k: v.to(dtype) for k, v in tensors.items() if k.startswith(_WEIGHT_PREFIXES)}
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k.startswith(_WEIGHT_PREFIXES)}
     # The token embedding is tied: files carry it as shared.weight, encoder.embed_tokens.weight or both.
-    for key, twin in (("shared.weight", "encoder.embed_tokens.weight"),
-                      ("encoder.embed_tokens.weight", "shared.weight")):
-        if key not in state and twin in state:
-            state[key] = state[twin]
+    twins = (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight"))
+    for key, twin in twins:
+        if key not in shapes and twin in shapes:
+            shapes[key] = shapes[twin]
     with torch.device("meta"):
         model = model_class(config)
     expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    missing, unexpected = sorted(expected - set(shapes)), sorted(set(shapes) - expected)
     if missing or unexpected:
         raise ValueError(f"UMT5TextEncoder: {weights_file!r} is not a UMT5 encoder of this config: "
                          f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                          f"(e.g. {unexpected[:3]})")
-    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in model.state_dict().items()
-              if tuple(state[k].shape) != tuple(v.shape)]
-    if shapes:
-        key, found, wanted = shapes[0]
+    wrong = [(k, shapes[k], tuple(v.shape)) for k, v in model.state_dict().items() if shapes[k] != tuple(v.shape)]
+    if wrong:
+        key, found, wanted = wrong[0]
         raise ValueError(f"UMT5TextEncoder: {weights_file!r} does not match its config: {key} is {list(found)}, "
-                         f"the config gives {list(wanted)} ({len(shapes)} mismatched tensors)")
+                         f"the config gives {list(wanted)} ({len(wrong)} mismatched tensors)")
+    # Float weights only, every value finite (checked per tensor as it loads), then cast to the run dtype.
+    tensors = load_weights(weights_file, cast=lambda key, tensor: tensor.to(dtype))
+    state = {k: v for k, v in tensors.items() if k.startswith(_WEIGHT_PREFIXES)}
+    for key, twin in twins:
+        if key not in state and twin in state:
+            state[key] = state[twin]
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
     return model

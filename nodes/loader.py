@@ -89,8 +89,8 @@ def _check_embedded_codecs(path: str, name: str) -> None:
     }
     wrong = []
     for what, (key, axis, expected) in widths.items():
-        if key not in header:
-            continue  # not a joint checkpoint at all: load_joint_model names the missing keys
+        if key not in header or len(header[key]["shape"]) <= axis:
+            continue  # not a joint checkpoint at all: load_joint_model names the missing keys / wrong shapes
         got = header[key]["shape"][axis]
         if got != expected:
             wrong.append(f"{what} {got} (the embedded codecs / text encoder use {expected})")

@@ -388,20 +388,38 @@ def test_convert_refuses_pickled_objects_wrong_kinds_and_the_44k_vae(tmp_path, c
     assert not any(p.suffix == ".safetensors" for p in tmp_path.iterdir())
 
 
-def test_convert_keeps_a_wan22_vae_as_published_and_refuses_wan21(tmp_path, capsys):
-    def wan_like(latent_channels):
-        return {"encoder.conv1.weight": torch.randn(4, 12, 3, 3, 3), "decoder.conv1.weight": torch.randn(4, 4, 3, 3, 3),
-                "conv1.weight": torch.randn(2 * latent_channels, 2 * latent_channels, 1, 1, 1),
-                "conv2.weight": torch.randn(latent_channels, latent_channels, 1, 1, 1).half()}
+def test_convert_keeps_a_wan22_vae_as_published_and_refuses_wan21(tmp_path, capsys, one_thread):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
-    state = wan_like(48)
+    from comfyui_syncav.model.codec_wan import WAN22_VAE_CONFIG, WanVideoCodec, wan22_vae_state_dict_to_original
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**{**WAN22_VAE_CONFIG, "base_dim": 4, "decoder_base_dim": 8})   # the full tiny network
+    state = wan22_vae_state_dict_to_original(vae.state_dict())
+    state["conv2.weight"] = state["conv2.weight"].half()
     torch.save(state, tmp_path / "Wan2.2_VAE.pth")
     assert main(["convert", str(tmp_path / "Wan2.2_VAE.pth"), str(tmp_path / "wan.safetensors")]) == 0
-    assert "wan-vae, 4 tensors" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"wan-vae, {len(state)} tensors" in out and "'base_dim': 4" in out
     stored = load_tensors(tmp_path / "wan.safetensors")
     assert stored["conv2.weight"].dtype == torch.float16                    # dtypes kept as stored
-    assert all(torch.equal(stored[k], v) for k, v in state.items())
+    assert set(stored) == set(state) and all(torch.equal(stored[k], v) for k, v in state.items())
+    codec = WanVideoCodec.from_file(tmp_path / "wan.safetensors")           # its widths travel in the metadata
+    assert codec.vae.config.base_dim == 4 and codec.vae.config.decoder_base_dim == 8
 
-    torch.save(wan_like(16), tmp_path / "Wan2.1_VAE.pth")
+    # A few keys with the right names are not a VAE: the conversion checks the whole network.
+    thin = {k: state[k] for k in ("encoder.conv1.weight", "decoder.conv1.weight", "conv1.weight", "conv2.weight")}
+    torch.save(thin, tmp_path / "thin.pth")
+    assert main(["convert", str(tmp_path / "thin.pth"), str(tmp_path / "thin.safetensors")]) == 2
+    assert "thin.pth: not a Wan VAE" in capsys.readouterr().err
+    partial = dict(state)
+    del partial["decoder.head.2.bias"]
+    torch.save(partial, tmp_path / "partial.pth")
+    assert main(["convert", str(tmp_path / "partial.pth"), str(tmp_path / "partial.safetensors")]) == 2
+    assert "1 missing keys, e.g. decoder.conv_out.bias" in capsys.readouterr().err
+
+    wan21 = {**thin, "conv1.weight": torch.randn(32, 32, 1, 1, 1), "conv2.weight": torch.randn(16, 16, 1, 1, 1)}
+    torch.save(wan21, tmp_path / "Wan2.1_VAE.pth")
     assert main(["convert", str(tmp_path / "Wan2.1_VAE.pth"), str(tmp_path / "wan21.safetensors")]) == 2
     assert "16 latent channels" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["wan.safetensors"]
