@@ -83,8 +83,8 @@ class SyncAVDataset:
     CATEGORY = "SyncAV"
     DESCRIPTION = ("Loads a folder of clips with sound and same-name .txt captions: decodes them (PyAV), resizes and "
                    "center-crops the frames, resamples the audio to the codecs' rate, cuts them to the training "
-                   "length and encodes them once. Clips without audio, too short or unreadable are skipped with a "
-                   "warning.")
+                   "length and encodes them once. Clips without audio, too short, unreadable, or with a missing, "
+                   "empty or non-UTF-8 caption are skipped with a warning; the report names each with its reason.")
 
     @classmethod
     def IS_CHANGED(cls, folder="", **kwargs):

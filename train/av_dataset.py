@@ -4,16 +4,21 @@
 also ``.m4v/.mov/.mkv/.webm``) that has a same-name ``.txt`` caption beside it:
 
 * **video**: frames are picked on the target frame grid (``fps``) by their presentation time (nearest source frame,
-  so any source frame rate works), then resized and center-cropped to ``size_px`` *on the device* with kornia
-  (antialiased bilinear resize until the frame covers the target, then a center crop);
-* **audio**: resampled by PyAV's ``AudioResampler`` (libswresample) to ``sample_rate_hz`` and ``audio_channels``,
-  aligned to the first frame by the streams' timestamps (torchaudio is never imported);
+  so any source frame rate, variable ones too, works), and reduced to ``size_px`` as they leave the decoder
+  (libswscale scales each picked frame until it covers the target while converting it to RGB, then the center is
+  cut out: memory follows the training size, not the source's; ``model.media_io.frame_rgb``);
+* **audio**: resampled by PyAV's ``AudioResampler`` (libswresample) to ``sample_rate_hz``, mixed to
+  ``audio_channels`` with gains that cannot exceed full scale (``model.media_io.downmix_matrix``: 5.1, stereo or
+  mono sources), aligned to the first frame by the streams' timestamps (torchaudio is never imported);
 * both cut to the training length: the first ``num_frames`` frames (``seconds * fps``, or what the codec takes) and
   exactly the audio those frames last.
 
-Bad data never stops a run: a clip without an audio (or video) track, shorter than the training length, without a
-caption, or unreadable is skipped with a warning that names it (``dataset.skipped`` lists them with the reasons); a
-folder with nothing usable raises ``AVDatasetError`` naming the folder and every reason.
+Bad data never stops a run: a clip without an audio (or video) track or frames, shorter than the training length,
+without a caption (or with an empty, non-UTF-8, oversized or unreadable one), with a frame shape too far from the
+training one, or unreadable is skipped with a warning that names it, and so is a caption without a video
+(``dataset.skipped`` lists them with the reasons, ``summary()`` too); a missing folder, a file given as the folder,
+and a folder with nothing usable raise ``AVDatasetError`` naming the folder and every reason. Settings (seconds,
+fps, size, rates, channels) are checked before any file is read.
 
 **Latent cache.** Given codecs and a text encoder (``from_pipeline``, or the ``video_codec`` / ``audio_codec`` /
 ``text_encoder`` arguments), each clip is encoded once -- video latent, audio latent, caption embedding -- and kept
@@ -33,34 +38,32 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 
+from ..model.media_io import ClipSkipped, cover_size, decode_clip
 from ..model.safetensors_io import load_tensors, read_header, save_tensors_atomic
 from .flow_loss import AVBatch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VIDEO_EXTENSIONS", "CACHE_FORMAT", "AVDatasetError", "ClipSkipped", "SkippedClip", "ClipFile",
-           "DecodedClip", "decode_clip", "resize_crop", "AVClipDataset"]
+__all__ = ["VIDEO_EXTENSIONS", "CACHE_FORMAT", "MAX_CAPTION_BYTES", "AVDatasetError", "ClipSkipped", "SkippedClip",
+           "ClipFile", "DecodedClip", "decode_clip", "resize_crop", "AVClipDataset"]
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
-CACHE_FORMAT = "comfyui-syncav clip latents v1"
+CACHE_FORMAT = "comfyui-syncav clip latents v2"   # v2: frames scaled by libswscale, audio downmix
 TEXT_BATCH = 16            # captions per text-encoder call
+MAX_CAPTION_BYTES = 64 * 1024   # a caption, not a document: a bigger .txt is a mistake (and would bloat cache keys)
 
 
 class AVDatasetError(ValueError):
     """A dataset folder that cannot be used at all (missing, empty, or every clip skipped); names the reasons."""
-
-
-class ClipSkipped(Exception):
-    """One clip cannot be used; the message is the reason, in words."""
 
 
 class SkippedClip(NamedTuple):
@@ -87,125 +90,6 @@ class DecodedClip(NamedTuple):
 
 # ------------------------------------------------------------------------------------------------ decoding
 
-def _frame_time(frame, index: int, rate) -> float:
-    if frame.time is not None:
-        return float(frame.time)
-    return index / float(rate) if rate else float(index)
-
-
-def decode_clip(path: str | os.PathLike, num_frames: int, fps: float, num_samples: int, sample_rate_hz: int,
-                audio_channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the first ``num_frames`` frames on the ``fps`` grid and the ``num_samples`` audio samples they last.
-
-    -> (frames uint8 [F, H, W, 3] at the source size, waveform float32 [C, T] at ``sample_rate_hz``).
-    Raises ``ClipSkipped`` with the reason for a clip that cannot be used (no audio / video stream, too short);
-    any other exception means the file is unreadable. Stops demuxing once both streams have what they need.
-    """
-    import av  # heavy import, only when decoding
-
-    layout = {1: "mono", 2: "stereo"}.get(audio_channels)
-    if layout is None:
-        raise ValueError(f"audio_channels: expected 1 (mono) or 2 (stereo), received {audio_channels!r}")
-    needed_s = num_frames / fps
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ClipSkipped("no video track")
-        if not container.streams.audio:
-            raise ClipSkipped("no audio track")
-        vstream, astream = container.streams.video[0], container.streams.audio[0]
-        rate = vstream.average_rate or vstream.guessed_rate
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=int(sample_rate_hz))
-
-        picked: list = [None] * num_frames      # the source frame nearest to each target time
-        start = None                             # time of the first frame: the clip starts there
-        previous, previous_time = None, None
-        target = 0
-        video_index = 0
-        video_done = False
-
-        audio_chunks: list[np.ndarray] = []
-        audio_start = None                       # time of the first audio sample
-        audio_samples = 0
-        audio_done = False
-
-        def have_audio() -> bool:
-            if audio_start is None or start is None:
-                return False
-            skip = max(0, round((start - audio_start) * sample_rate_hz))
-            return audio_samples >= skip + num_samples
-
-        def take_frame(frame, time_s):
-            nonlocal previous, previous_time, target, video_done
-            while target < num_frames:
-                want = start + target / fps
-                if time_s < want:
-                    break
-                # the nearer of the previous and this frame (ties: the earlier one)
-                if previous is not None and want - previous_time <= time_s - want:
-                    picked[target] = previous
-                else:
-                    picked[target] = frame
-                target += 1
-            previous, previous_time = frame, time_s
-            video_done = target >= num_frames
-
-        for packet in container.demux(vstream, astream):
-            if video_done and audio_done:
-                break
-            for frame in packet.decode():
-                if packet.stream.type == "video":
-                    if video_done:
-                        continue
-                    time_s = _frame_time(frame, video_index, rate)
-                    video_index += 1
-                    if start is None:
-                        start = time_s
-                    # keep the decoded picture only as RGB, and only while a target may still pick it
-                    take_frame(frame.to_ndarray(format="rgb24"), time_s)
-                else:
-                    if audio_done:
-                        continue
-                    if audio_start is None:
-                        audio_start = float(frame.time) if frame.time is not None else 0.0
-                    for out in resampler.resample(frame):
-                        chunk = out.to_ndarray()
-                        audio_chunks.append(chunk.reshape(audio_channels, -1))
-                        audio_samples += audio_chunks[-1].shape[1]
-                    audio_done = have_audio()
-        if not audio_done:
-            for out in resampler.resample(None):
-                chunk = out.to_ndarray()
-                audio_chunks.append(chunk.reshape(audio_channels, -1))
-                audio_samples += audio_chunks[-1].shape[1]
-
-    if start is None:
-        raise ClipSkipped("no decodable video frame")
-    if audio_start is None:
-        raise ClipSkipped("no decodable audio")
-    # The last targets take the last frame when it lies within half a frame of them (the stream ended there).
-    while target < num_frames and previous is not None and start + target / fps - previous_time <= 0.5 / fps + 1e-9:
-        picked[target] = previous
-        target += 1
-    if target < num_frames:
-        have_s = (previous_time - start) + 1.0 / fps
-        raise ClipSkipped(f"shorter than the training length: video {have_s:.3g} s < {needed_s:.3g} s")
-    waveform = np.concatenate(audio_chunks, axis=1) if audio_chunks else np.zeros((audio_channels, 0), np.float32)
-    skip = round((start - audio_start) * sample_rate_hz)
-    if skip > 0:
-        waveform = waveform[:, skip:]
-    elif skip < 0:       # the audio starts after the first frame: silence until it does
-        waveform = np.pad(waveform, ((0, 0), (-skip, 0)))
-    # aac and friends may end a few samples early: up to half a frame of missing audio is padded with silence.
-    tolerance = round(0.5 / fps * sample_rate_hz)
-    if waveform.shape[1] < num_samples - tolerance:
-        raise ClipSkipped(f"shorter than the training length: audio {waveform.shape[1] / sample_rate_hz:.3g} s < "
-                          f"{needed_s:.3g} s")
-    if waveform.shape[1] < num_samples:
-        waveform = np.pad(waveform, ((0, 0), (0, num_samples - waveform.shape[1])))
-    frames = np.stack(picked)
-    return frames, np.ascontiguousarray(waveform[:, :num_samples], dtype=np.float32)
-
-
 def resize_crop(frames: torch.Tensor, size: tuple[int, int], device: str | torch.device | None = None,
                 chunk: int = 16) -> torch.Tensor:
     """uint8 or float frames [F, H, W, 3] -> float32 [F, h, w, 3] in 0..1 on ``device``: resized with kornia
@@ -216,10 +100,7 @@ def resize_crop(frames: torch.Tensor, size: tuple[int, int], device: str | torch
     h, w = size
     device = torch.device(device) if device is not None else frames.device
     _, src_h, src_w, _ = frames.shape
-    scale = max(h / src_h, w / src_w)
-    new_h, new_w = max(h, round(src_h * scale)), max(w, round(src_w * scale))
-    new_h += (new_h - h) % 2
-    new_w += (new_w - w) % 2
+    new_h, new_w = cover_size(src_h, src_w, h, w)
     out = []
     for begin in range(0, frames.shape[0], chunk):
         x = frames[begin:begin + chunk].to(device)
@@ -244,6 +125,19 @@ def _size_pair(size_px) -> tuple[int, int]:
         raise ValueError(f"size_px: expected a positive whole number of pixels or (height, width), "
                          f"received {size_px!r}")
     return pair
+
+
+def _error_detail(error: BaseException) -> str:
+    """"Kind: what went wrong" in one line, without the file's path (the skip names the file already)."""
+    detail = getattr(error, "strerror", None) or str(error)
+    detail = detail.strip().splitlines()[0] if detail.strip() else ""
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+
+
+def _check_positive(name: str, value, expected: str) -> None:
+    """A finite number > 0 (nan, inf, bools and text are refused before any file is read)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ValueError(f"{name}: expected {expected}, received {value!r}")
 
 
 def _codec_frames(video_codec, wanted: int) -> int:
@@ -285,16 +179,19 @@ class AVClipDataset:
                  num_frames: int | None = None, cache_dir: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8, caption_dropout: float = 0.0,
                  seed: int = 0, progress: bool | Callable[[int, int], None] = True):
-        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"seconds: expected a positive training length in seconds, received {seconds!r}")
-        if not (isinstance(fps, (int, float)) and fps > 0):
-            raise ValueError(f"fps: expected a positive frame rate, received {fps!r}")
+        _check_positive("seconds", seconds, "a positive training length in seconds")
+        _check_positive("fps", fps, "a positive frame rate")
         if isinstance(sample_rate_hz, bool) or not isinstance(sample_rate_hz, int) or sample_rate_hz <= 0:
             raise ValueError(f"sample_rate_hz: expected a positive whole number of Hz, received {sample_rate_hz!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a whole number >= 1, received {batch_size!r}")
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(f"caption_dropout: expected a share in [0, 1), received {caption_dropout!r}")
+        if audio_channels not in (1, 2) or isinstance(audio_channels, bool):
+            raise ValueError(f"audio_channels: expected 1 (mono) or 2 (stereo), received {audio_channels!r}")
+        if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)
+                                       or num_frames < 1):
+            raise ValueError(f"num_frames: expected a whole number of frames >= 1, received {num_frames!r}")
         codecs = (video_codec, audio_codec, text_encoder)
         if any(c is not None for c in codecs) and not all(c is not None for c in codecs):
             raise ValueError("AVClipDataset: give video_codec, audio_codec and text_encoder together (to build the "
@@ -304,6 +201,10 @@ class AVClipDataset:
         self.fps, self.sample_rate_hz, self.audio_channels = float(fps), int(sample_rate_hz), int(audio_channels)
         self.video_codec, self.audio_codec, self.text_encoder = codecs
         if video_codec is not None:
+            stride = int(getattr(video_codec, "spatial_stride", 1))
+            if any(side % stride for side in self.size):
+                raise ValueError(f"size_px: the video codec takes frames whose sides are multiples of {stride} px, "
+                                 f"received {size_px!r}")
             if abs(float(video_codec.fps) - self.fps) > 1e-6:
                 raise ValueError(f"fps: the video codec runs at {video_codec.fps:g} fps, received {fps!r}")
             if int(audio_codec.sample_rate) != self.sample_rate_hz:
@@ -345,7 +246,12 @@ class AVClipDataset:
     def from_pipeline(cls, folder, pipeline, seconds: float, size_px, text_encoder=None, **kwargs) -> "AVClipDataset":
         """A dataset at ``pipeline``'s rates and clip length (``pipeline.latent_shapes`` decides the frames, so the
         latents are what the model samples), encoded with its codecs and ``text_encoder`` (default: its own)."""
+        _check_positive("seconds", seconds, "a positive training length in seconds")
         height, width = _size_pair(size_px)
+        multiple = pipeline.pixel_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(f"size_px: expected sides that are multiples of {multiple} px for this model, received "
+                             f"{size_px!r}")
         video_shape, _ = pipeline.latent_shapes(float(seconds), height, width)
         num_frames = pipeline.video_codec.num_frames(video_shape[2])
         return cls(folder, seconds, float(pipeline.video_codec.fps), (height, width),
@@ -358,28 +264,70 @@ class AVClipDataset:
         log.warning("SyncAV dataset: skipping %s: %s", name, reason)
 
     def _scan(self) -> list[ClipFile]:
+        expected = f"a folder of video clips ({', '.join(VIDEO_EXTENSIONS)}) with same-name .txt captions"
+        if not self.folder.exists():
+            raise AVDatasetError(f"folder: {str(self.folder)!r} does not exist (expected {expected})")
         if not self.folder.is_dir():
-            raise AVDatasetError(f"folder: {str(self.folder)!r} is not a folder (expected a folder of video clips "
-                                 f"with same-name .txt captions)")
+            raise AVDatasetError(f"folder: {str(self.folder)!r} is a file, not a folder (expected {expected})")
+        try:
+            entries = sorted(path for path in self.folder.iterdir() if not path.name.startswith("."))
+        except OSError as error:
+            raise AVDatasetError(f"folder: cannot list {str(self.folder)!r} ({_error_detail(error)}); expected "
+                                 f"{expected}") from None
+        video_stems = {path.stem for path in entries if path.suffix.lower() in VIDEO_EXTENSIONS}
         found = []
-        for path in sorted(self.folder.iterdir()):
-            if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in VIDEO_EXTENSIONS:
+        for path in entries:
+            if path.suffix == ".txt" and path.stem not in video_stems:
+                self._skip(path.name, f"a caption without a video (no {path.stem} with a video extension, "
+                                      f"{'/'.join(VIDEO_EXTENSIONS)}, beside it)")
                 continue
-            caption_path = path.with_suffix(".txt")
-            if not caption_path.is_file():
-                self._skip(path.name, f"no caption file {caption_path.name}")
+            if path.suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            if not path.is_file():
+                self._skip(path.name, "not a readable file (a folder, or a link to nothing)")
+                continue
+            caption = self._read_caption(path)
+            if caption is None:
                 continue
             try:
-                caption = caption_path.read_text(encoding="utf-8").strip()
                 stat = path.stat()
-            except (OSError, UnicodeDecodeError) as error:
-                self._skip(path.name, f"unreadable caption or file ({type(error).__name__}: {error})")
+            except OSError as error:
+                self._skip(path.name, f"unreadable ({_error_detail(error)})")
                 continue
             found.append(ClipFile(path, caption, stat.st_size, stat.st_mtime_ns))
         if not found and not self.skipped:
-            raise AVDatasetError(f"folder: no video files in {str(self.folder)!r} (expected "
-                                 f"{', '.join(VIDEO_EXTENSIONS)} clips with same-name .txt captions)")
+            raise AVDatasetError(f"folder: no video files in {str(self.folder)!r} (expected {expected})")
         return found
+
+    def _read_caption(self, video: Path) -> str | None:
+        """The clip's caption (UTF-8, a byte-order mark allowed, stripped), or None after a skip naming why not."""
+        path = video.with_suffix(".txt")
+        try:
+            if not path.is_file():
+                self._skip(video.name, f"no caption file {path.name}")
+                return None
+            size = path.stat().st_size
+            if size > MAX_CAPTION_BYTES:
+                self._skip(video.name, f"caption file {path.name} holds {size} bytes, expected a caption of at most "
+                                       f"{MAX_CAPTION_BYTES} bytes")
+                return None
+            raw = path.read_bytes()
+        except OSError as error:
+            self._skip(video.name, f"cannot read the caption file {path.name} ({_error_detail(error)})")
+            return None
+        try:
+            caption = raw.decode("utf-8-sig").strip()
+        except UnicodeDecodeError as error:
+            self._skip(video.name, f"caption file {path.name} is not UTF-8 text (byte 0x{raw[error.start]:02x} at "
+                                   f"position {error.start}); save it as UTF-8")
+            return None
+        if "\x00" in caption:
+            self._skip(video.name, f"caption file {path.name} holds binary data (NUL bytes), expected text")
+            return None
+        if not caption:
+            self._skip(video.name, f"caption file {path.name} is empty, expected the clip's description")
+            return None
+        return caption
 
     def _progress(self, progress, total: int):
         """-> (step(index), close())."""
@@ -392,8 +340,9 @@ class AVClipDataset:
         return (lambda i: None), (lambda: None)
 
     def _decode(self, clip: ClipFile) -> DecodedClip:
+        # frames come out of the decoder already at self.size: resize_crop only moves and converts them
         frames, waveform = decode_clip(clip.path, self.num_frames, self.fps, self.num_samples, self.sample_rate_hz,
-                                       self.audio_channels)
+                                       self.audio_channels, size=self.size)
         frames = resize_crop(torch.from_numpy(frames), self.size, self.device)
         return DecodedClip(frames, torch.from_numpy(waveform))
 
@@ -403,8 +352,7 @@ class AVClipDataset:
         except ClipSkipped as reason:
             self._skip(clip.name, str(reason))
         except Exception as error:  # noqa: BLE001 - any decoder failure means this one file is unusable
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            self._skip(clip.name, f"unreadable ({type(error).__name__}{': ' + detail if detail else ''})")
+            self._skip(clip.name, f"unreadable ({_error_detail(error)})")
         return None
 
     def _check_media(self, candidates: list[ClipFile], progress) -> None:
