@@ -9,8 +9,12 @@
    ``execution_success`` tell how it ended, ``executing`` with no node says it is over.
 4. A dropped connection is re-opened with exponential backoff; after each reconnect ``/history/<prompt_id>`` tells
    whether the prompt finished meanwhile, and ``/queue`` whether the server still has it at all.
-5. Output files (from ``executed`` messages and ``/history``) are downloaded through ``/view`` into ``--out``,
-   keeping the server's subfolders; each written path is printed on stdout, everything else goes to stderr.
+5. Output files (from ``executed`` messages and ``/history``) are streamed through ``/view`` into ``--out``,
+   keeping the server's subfolders (a name that would leave ``--out`` is refused); each written path is printed on
+   stdout, everything else goes to stderr.
+
+Every network operation is bounded (``request_timeout_seconds`` each, ``--timeout`` for the whole run from its first
+request), and whatever is checkable up front (arguments, that ``--out`` is writable) is checked before queueing.
 
 The exit code says how it went: see the EXIT_* constants.
 """
@@ -19,23 +23,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, TextIO
+from pathlib import Path, PureWindowsPath
+from typing import Any, Awaitable, Iterable, TextIO
 
-from .client import ComfyClient, EventStream, PromptRejected, ServerError, ServerUnavailable
+from ..model.atomic_files import check_output_path
+from .client import (ComfyClient, EventStream, LocalWriteError, PromptRejected, ServerError, ServerUnavailable,
+                     UnexpectedReply, check_seconds)
 from .overrides import Override, apply_overrides
 from .ui_to_api import is_ui_format, ui_to_api
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # the server rejected the prompt, or a node raised
-EXIT_BAD_INPUT = 2  # unreadable workflow, bad --set (the code the other commands use for bad input)
-EXIT_SERVER_GONE = 3  # the server could not be reached, or was lost for good, or forgot the prompt
+EXIT_FAILED = 1  # the server rejected the prompt, a node raised, or an output could not be fetched (HTTP error,
+#                  a file name that would not stay inside --out)
+EXIT_BAD_INPUT = 2  # unreadable workflow, bad --set / --timeout / --server, an --out that cannot be written (checked
+#                     before queueing; a disk that fills up while downloading too): the code other commands use
+EXIT_SERVER_GONE = 3  # the server could not be reached, was lost for good, forgot the prompt, or answered in a way
+#                       ComfyUI does not (a queued prompt is then interrupted)
 EXIT_INTERRUPTED = 4  # the prompt was interrupted (Cancel in the browser, POST /interrupt, Ctrl-C here)
-EXIT_TIMEOUT = 5  # --timeout passed first; the prompt was interrupted on the server
+EXIT_TIMEOUT = 5  # --timeout (counted from the first request) passed first; a running prompt was interrupted
 
 
 @dataclass
@@ -46,7 +57,9 @@ class Outcome:
 
 
 class _ServerGone(Exception):
-    pass
+    def __init__(self, message: str, forgotten: bool = False):
+        super().__init__(message)
+        self.forgotten = forgotten  # the server no longer has the prompt: nothing to interrupt
 
 
 class _TimedOut(Exception):
@@ -56,26 +69,37 @@ class _TimedOut(Exception):
 def run_workflow(workflow: str | Path | dict, server_url: str = "http://127.0.0.1:8188",
                  overrides: Iterable[str | Override] = (), out_dir: str | Path = ".",
                  timeout_seconds: float | None = None, *, reconnect_attempts: int = 5,
-                 reconnect_backoff_seconds: float = 1.0, idle_check_seconds: float = 30.0, progress: bool = True,
+                 reconnect_backoff_seconds: float = 1.0, idle_check_seconds: float = 30.0,
+                 request_timeout_seconds: float = 60.0, progress: bool = True,
                  stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run ``workflow`` (a path to a JSON file, or the parsed dict) on the server; returns an EXIT_* code.
 
-    ``timeout_seconds`` bounds the whole run from queueing to the end of execution (None: no limit).
+    ``timeout_seconds`` bounds the whole run, from the first request to the last download (None or inf: no limit).
     ``reconnect_attempts`` / ``reconnect_backoff_seconds``: how often and how patiently (doubling) a lost connection
     is re-opened. ``idle_check_seconds``: with no message for that long, ``/history`` is asked whether it is over.
+    ``request_timeout_seconds``: how long one request (or a download's pause between two reads) may wait for the
+    server, also without ``timeout_seconds``.
+    Everything that can be checked here (the workflow, ``--set``, the numbers, the URL, that ``out_dir`` is a folder
+    this process can write in) is checked before anything is sent to the server.
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     try:
         loaded = load_workflow(workflow)
+        if isinstance(overrides, (str, Override)):
+            raise ValueError(f"overrides: expected a list of NODE.INPUT=VALUE strings, got {overrides!r}")
         parsed = [o if isinstance(o, Override) else Override.parse(o) for o in overrides]
-        if timeout_seconds is not None and timeout_seconds <= 0:
-            raise ValueError(f"--timeout: expected a positive number of seconds, got {timeout_seconds}")
-        client = ComfyClient(server_url)
+        timeout_seconds = check_seconds("--timeout", timeout_seconds, none_ok=True)
+        check_seconds("reconnect_backoff_seconds", reconnect_backoff_seconds, zero_ok=True)
+        check_seconds("idle_check_seconds", idle_check_seconds)
+        if isinstance(reconnect_attempts, bool) or not isinstance(reconnect_attempts, int) or reconnect_attempts < 0:
+            raise ValueError(f"reconnect_attempts: expected a whole number >= 0, got {reconnect_attempts!r}")
+        client = ComfyClient(server_url, request_timeout_seconds)
+        out_path = _check_out_dir(out_dir)
     except ValueError as error:
         print(f"error: {error}", file=err)
         return EXIT_BAD_INPUT
-    run = _Run(client, loaded, parsed, Path(out_dir), timeout_seconds, reconnect_attempts, reconnect_backoff_seconds,
+    run = _Run(client, loaded, parsed, out_path, timeout_seconds, reconnect_attempts, reconnect_backoff_seconds,
                idle_check_seconds, progress, out, err)
     try:
         return asyncio.run(run.main())
@@ -85,18 +109,33 @@ def run_workflow(workflow: str | Path | dict, server_url: str = "http://127.0.0.
         return EXIT_INTERRUPTED
 
 
+def _check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a folder this process can create and write in, checked before anything is queued: no server
+    time is spent on outputs that could not be kept. The folder itself is made by the first download."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise LocalWriteError(f"--out: expected a folder path, got {out_dir!r}")
+    if "\0" in os.fspath(out_dir):  # no file system takes it (and os.stat reports it as "does not exist")
+        raise LocalWriteError(f"--out {os.fspath(out_dir)!r}: expected a folder path, got one with a NUL character")
+    return check_output_path(out_dir, "--out", folder=True)
+
+
 def load_workflow(workflow: str | Path | dict) -> dict:
     """The workflow as a dict: UI format as saved by the editor, or an API-format prompt (optionally wrapped as
     ``{"prompt": {...}}``, the body of ``POST /prompt``)."""
     if isinstance(workflow, dict):
         data, where = workflow, "workflow"
+    elif not isinstance(workflow, (str, os.PathLike)) or not str(workflow):
+        raise ValueError(f"workflow: expected a path to a workflow JSON file or its dict, got {workflow!r}")
     else:
         where = str(workflow)
         try:
-            data = json.loads(Path(workflow).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ValueError(f"{where}: cannot read the workflow ({error.strerror or error})") from None
-        except ValueError as error:
+            raw = Path(workflow).read_bytes()
+        except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise ValueError(f"{where}: cannot read the workflow ({reason})") from None
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than any workflow
             raise ValueError(f"{where}: not valid JSON ({error})") from None
     if is_ui_format(data):
         return data
@@ -106,9 +145,10 @@ def load_workflow(workflow: str | Path | dict) -> dict:
         raise ValueError(f"{where}: expected a ComfyUI workflow (UI format with 'nodes' and 'links', or API format "
                          f"{{node_id: {{'class_type', 'inputs'}}}}), got {type(data).__name__}")
     for node_id, node in data.items():
-        if not isinstance(node, dict) or "class_type" not in node:
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not node["class_type"] \
+                or not isinstance(node.get("inputs", {}), dict):
             raise ValueError(f"{where}: API-format node {node_id!r} should be an object with 'class_type' and "
-                             f"'inputs', got {json.dumps(node)[:120]}")
+                             f"'inputs', got {json.dumps(node, default=repr)[:120]}")
     return data
 
 
@@ -132,80 +172,135 @@ class _Run:
         self.events: EventStream | None = None
         self.interrupt_sent = False
         self.deadline: float | None = None
+        self.started = 0.0
+        self.stage = "starting"  # what the run was doing, for a timeout's message
+        self.reconnect_failures = 0  # reconnects in a row through which no message came yet
+        self.lost_since = 0.0  # when the connection was first lost in the current run of reconnects
 
     async def main(self) -> int:
+        self.started = time.monotonic()  # --timeout counts from here: every request, the handshake included
+        self.deadline = None if self.timeout_seconds is None else self.started + self.timeout_seconds
         async with self.client:
             try:
-                prompt = await self._prepare()
-            except ValueError as error:
-                return self._fail(EXIT_BAD_INPUT, f"error: {error}")
-            except (ServerUnavailable, ServerError) as error:
-                return self._fail(EXIT_SERVER_GONE, f"error: cannot reach ComfyUI at {self.client.base_url} "
-                                                    f"({error}); is the server running?")
-            try:
-                self.events = await self.client.open_events(self.client_id)
-                started = time.monotonic()
-                self.deadline = None if self.timeout_seconds is None else started + self.timeout_seconds
-                answer = await self.client.submit(prompt, self.client_id)
-            except PromptRejected as rejected:
-                return self._fail(EXIT_FAILED, format_rejection(rejected.body, prompt))
-            except (ServerUnavailable, ServerError) as error:
-                return self._fail(EXIT_SERVER_GONE, f"error: cannot reach ComfyUI at {self.client.base_url} "
-                                                    f"({error}); is the server running?")
-            self.prompt_id = str(answer["prompt_id"])
-            self._note(f"queued prompt {self.prompt_id} on {self.client.base_url} ({len(prompt)} nodes)")
-            display = ProgressDisplay(prompt, self.err, enabled=self.progress)
-            try:
-                outcome = await self._follow(display)
+                return await self._main()
             except _TimedOut:
-                display.close()
-                await self._interrupt_quietly()
-                return self._fail(EXIT_TIMEOUT, f"error: timed out after {self.timeout_seconds:g} s; " + (
-                    f"asked the server to interrupt prompt {self.prompt_id}" if self.interrupt_sent
-                    else f"could not ask the server to interrupt prompt {self.prompt_id}"))
-            except _ServerGone as gone:
-                display.close()
-                return self._fail(EXIT_SERVER_GONE, f"error: {gone}")
-            except asyncio.CancelledError:  # Ctrl-C: do not leave the job running on the server
-                display.close()
-                await asyncio.shield(self._interrupt_quietly())
-                raise
+                return await self._timed_out()
             finally:
-                await self.events.close()
+                if self.events is not None:
+                    await self.events.close()
+
+    async def _main(self) -> int:
+        prompt = self.workflow
+        try:
+            prompt = await self._prepare()
+            self.stage = "opening the websocket"
+            self.events = await self._net(self.client.open_events(self.client_id))
+            self.stage = "queueing the prompt"
+            answer = await self._net(self.client.submit(prompt, self.client_id))
+        except ValueError as error:  # the workflow does not fit the server's nodes, a --set names no input
+            return self._fail(EXIT_BAD_INPUT, f"error: {error}")
+        except PromptRejected as rejected:
+            return self._fail(EXIT_FAILED, format_rejection(rejected.body, prompt))
+        except ServerUnavailable as error:
+            return self._fail(EXIT_SERVER_GONE, f"error: cannot reach ComfyUI at {self.client.base_url} "
+                                                f"({error}); is the server running?")
+        except ServerError as error:
+            return self._fail(EXIT_SERVER_GONE, self._server_said(error) + "; nothing was queued")
+        self.prompt_id = answer["prompt_id"]
+        self._note(f"queued prompt {self.prompt_id} on {self.client.base_url} ({len(prompt)} nodes)")
+        self.stage = f"following prompt {self.prompt_id}"
+        display = ProgressDisplay(prompt, self.err, enabled=self.progress)
+        try:
+            outcome = await self._follow(display)
+        except _ServerGone as gone:
+            stopped = "" if gone.forgotten else await self._stop_prompt()
+            return self._fail(EXIT_SERVER_GONE, f"error: {gone}{stopped}")
+        except ServerError as error:  # it answered something ComfyUI never sends: do not leave the prompt running
+            return self._fail(EXIT_SERVER_GONE, self._server_said(error) + await self._stop_prompt())
+        except asyncio.CancelledError:  # Ctrl-C: do not leave the job running on the server
             display.close()
-            seconds = time.monotonic() - started
-            if outcome.status == "success":
-                self._note(f"prompt {self.prompt_id} finished in {seconds:.1f} s")
-            elif outcome.status == "interrupted":
-                node = outcome.details.get("node_id")
-                self._note(f"error: prompt {self.prompt_id} was interrupted"
-                           + (f" at node {_label(prompt, node, outcome.details.get('node_type'))}" if node else ""))
-            else:
-                self._note(format_execution_error(outcome.details, prompt))
-            code = await self._download(outcome.outputs, prompt, expect_files=outcome.status == "success")
-            if outcome.status == "interrupted":
-                return EXIT_INTERRUPTED
-            if outcome.status != "success":
-                return EXIT_FAILED
-            return code
+            await asyncio.shield(self._interrupt_quietly())
+            raise
+        except _TimedOut:
+            raise
+        except Exception as error:  # a bug here must not leave the prompt running on the server either
+            return self._fail(EXIT_SERVER_GONE, f"error: unexpected failure while following prompt "
+                                                f"{self.prompt_id} ({type(error).__name__}: {error})"
+                                                + await self._stop_prompt())
+        finally:
+            display.close()
+        seconds = time.monotonic() - self.started
+        if outcome.status == "success":
+            self._note(f"prompt {self.prompt_id} finished in {seconds:.1f} s")
+        elif outcome.status == "interrupted":
+            node = outcome.details.get("node_id")
+            self._note(f"error: prompt {self.prompt_id} was interrupted"
+                       + (f" at node {_label(prompt, node, outcome.details.get('node_type'))}" if node else ""))
+        else:
+            self._note(format_execution_error(outcome.details, prompt))
+        self.stage = f"downloading the outputs of prompt {self.prompt_id} (it had finished)"
+        code = await self._download(outcome.outputs, prompt, expect_files=outcome.status == "success")
+        if outcome.status == "interrupted":
+            return EXIT_INTERRUPTED
+        if outcome.status != "success":
+            return EXIT_FAILED
+        return code
 
     async def _prepare(self) -> dict:
         object_info = None
-        if is_ui_format(self.workflow):
-            object_info = await self.client.object_info()
-            prompt = ui_to_api(self.workflow, object_info)
-        else:
-            prompt = self.workflow
+        if is_ui_format(self.workflow) or self.overrides:
+            # UI format needs the widget order, --set the optional inputs a prompt may leave out
+            self.stage = "asking the server for its node definitions (GET /object_info)"
+            object_info = await self._net(self.client.object_info())
+            nodes = self.workflow["nodes"] if is_ui_format(self.workflow) else self.workflow.values()
+            key = "type" if is_ui_format(self.workflow) else "class_type"
+            self.client.check_node_definitions(object_info, {n.get(key) for n in nodes if isinstance(n, dict)
+                                                             and isinstance(n.get(key), str)})
+        prompt = ui_to_api(self.workflow, object_info) if is_ui_format(self.workflow) else self.workflow
         if self.overrides:
-            if object_info is None:  # so that --set may name an optional input the prompt leaves out
-                object_info = await self.client.object_info()
             prompt = apply_overrides(prompt, self.overrides, object_info)
         return prompt
+
+    async def _timed_out(self) -> int:
+        if self.prompt_id is None:
+            tail = "the server may have queued the prompt" if self.stage == "queueing the prompt" \
+                else "no prompt was queued"
+        elif self.stage.startswith("downloading"):
+            tail = "the files written so far are kept"
+        else:
+            tail = await self._stop_prompt()
+            tail = tail[2:] if tail else f"could not ask the server to interrupt prompt {self.prompt_id}"
+        return self._fail(EXIT_TIMEOUT, f"error: timed out after {self.timeout_seconds:g} s (--timeout) while "
+                                        f"{self.stage}; {tail}")
+
+    def _server_said(self, error: ServerError) -> str:
+        if isinstance(error, UnexpectedReply):
+            return f"error: the server at {self.client.base_url} does not answer as ComfyUI does: {error}"
+        return f"error: ComfyUI at {self.client.base_url} answered with an error: {error}"
+
+    async def _stop_prompt(self) -> str:
+        """Interrupt the queued prompt (as far as the server still answers); what happened, for the message."""
+        await self._interrupt_quietly()
+        return f"; asked the server to interrupt prompt {self.prompt_id}" if self.interrupt_sent else ""
+
+    async def _net(self, call: Awaitable[Any]) -> Any:
+        """``await call`` within what is left of --timeout (the client bounds each call on its own as well)."""
+        if self.deadline is None:
+            return await call
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise _TimedOut()
+        try:
+            return await asyncio.wait_for(call, remaining)
+        except asyncio.TimeoutError:  # the client turns its own timeouts into ServerUnavailable: this is ours
+            raise _TimedOut() from None
 
     # ---- following the execution --------------------------------------------------------------------------
 
     async def _follow(self, display: "ProgressDisplay") -> Outcome:
-        watch = _Watch(self.prompt_id, display)
+        watch = _Watch(self.prompt_id, display, self._note)
         while True:
             wait = self.idle_check_seconds if watch.status is None else min(self.idle_check_seconds, 2.0)
             try:
@@ -221,12 +316,15 @@ class _Run:
                 self._check_deadline()
                 # Quiet for a while (a long node, or the end was missed): ask the history whether it is over.
                 try:
-                    entry = await self.client.history(self.prompt_id)
-                except (ServerUnavailable, ServerError):
+                    entry = await self._find_prompt()
+                except UnexpectedReply:
+                    raise
+                except (ServerUnavailable, ServerError):  # the websocket is still up: ask again next time
                     entry = None
-                if entry is not None:  # an entry appears only once the prompt is over
+                if entry is not None:
                     return self._merge(watch, outcome_from_history(entry))
                 continue
+            self.reconnect_failures = 0  # messages come through: the connection works
             if watch.handle(message):
                 break
         # The end came through the websocket; the history (written just before that message) adds the outputs of
@@ -234,26 +332,33 @@ class _Run:
         entry = await self._final_history()
         if entry is not None:
             return self._merge(watch, outcome_from_history(entry))
+        self._note(f"warning: GET /history/{self.prompt_id} does not list the prompt the websocket says has ended; "
+                   f"taking its outputs from the websocket messages")
         return Outcome(watch.status or "success", watch.details, dict(watch.outputs))
 
     async def _reconnect(self, lost: Exception) -> tuple[EventStream, Outcome | None]:
+        """A new websocket, and the prompt's outcome if it ended while none was open. A reconnect counts as failed
+        until a message comes through it, so a server that accepts and at once closes the socket is given up
+        after ``reconnect_attempts`` like one that refuses."""
         self._note(f"lost the connection to the server ({lost}); reconnecting")
-        delay = self.reconnect_backoff_seconds
         last_error: Exception = lost
-        started = time.monotonic()
-        for attempt in range(1, self.reconnect_attempts + 1):
+        if self.reconnect_failures == 0:
+            self.lost_since = time.monotonic()
+        while self.reconnect_failures < self.reconnect_attempts:
+            self.reconnect_failures += 1
+            attempt = self.reconnect_failures
+            delay = self.reconnect_backoff_seconds * 2 ** (attempt - 1)
             await asyncio.sleep(self._bounded(delay) or 0.0)
             self._check_deadline()
-            delay *= 2
             try:
-                events = await self.client.open_events(self.client_id)
-                entry = await self.client.history(self.prompt_id)
-                if entry is None and not await self._still_queued():
-                    entry = await self.client.history(self.prompt_id)  # it may have ended between the two reads
-                    if entry is None:
-                        await events.close()
-                        raise _ServerGone(f"the server at {self.client.base_url} no longer knows prompt "
-                                          f"{self.prompt_id} (it was restarted?)")
+                events = await self._net(self.client.open_events(self.client_id))
+                try:
+                    entry = await self._find_prompt()
+                except BaseException:
+                    await events.close()
+                    raise
+            except UnexpectedReply:
+                raise
             except (ServerUnavailable, ServerError) as error:
                 last_error = error
                 self._note(f"reconnect attempt {attempt}/{self.reconnect_attempts} failed: {error}")
@@ -264,23 +369,31 @@ class _Run:
             self._note("reconnected; the prompt is still queued or running")
             return events, None
         raise _ServerGone(f"lost the connection to ComfyUI at {self.client.base_url} and could not reconnect "
-                          f"({self.reconnect_attempts} attempts over {time.monotonic() - started:.1f} s; last error: "
-                          f"{last_error})")
+                          f"({self.reconnect_attempts} attempts over {time.monotonic() - self.lost_since:.1f} s; last "
+                          f"error: {last_error})")
 
-    async def _still_queued(self) -> bool:
-        queue = await self.client.queue()
-        items = (queue or {}).get("queue_running", []) + (queue or {}).get("queue_pending", [])
-        return any(len(item) > 1 and str(item[1]) == self.prompt_id for item in items)
+    async def _find_prompt(self) -> dict | None:
+        """The prompt's history entry once it is over; None while the server has it queued or running. Raises
+        _ServerGone when the server has it nowhere (it was restarted)."""
+        entry = await self._net(self.client.history(self.prompt_id))
+        if entry is None and self.prompt_id not in await self._net(self.client.queue()):
+            entry = await self._net(self.client.history(self.prompt_id))  # it may have ended between the two reads
+            if entry is None:
+                raise _ServerGone(f"the server at {self.client.base_url} no longer knows prompt {self.prompt_id} "
+                                  "(it was restarted?)", forgotten=True)
+        return entry
 
     async def _final_history(self) -> dict | None:
-        for attempt in range(5):
+        for attempt in range(4):
             try:
-                entry = await self.client.history(self.prompt_id)
+                entry = await self._net(self.client.history(self.prompt_id))
+            except UnexpectedReply:
+                raise
             except (ServerUnavailable, ServerError):
                 return None
             if entry is not None:
                 return entry
-            await asyncio.sleep(0.1 * (attempt + 1))
+            await asyncio.sleep(self._bounded(0.05 * (attempt + 1)) or 0.0)
         return None
 
     def _merge(self, watch: "_Watch", finished: Outcome) -> Outcome:
@@ -292,31 +405,38 @@ class _Run:
     # ---- outputs ------------------------------------------------------------------------------------------
 
     async def _download(self, outputs: dict[str, dict], prompt: dict, expect_files: bool) -> int:
-        """Fetch every output file (also after a failure: what the nodes that ran wrote is still useful)."""
+        """Fetch every output file (also after a failure: what the nodes that ran wrote is still useful). The exit
+        code is the first failure's: a local write error is bad --out, a broken connection the server's."""
         refs = list(file_refs(outputs))
         if not refs:
             if expect_files:
                 self._note("the workflow produced no files")
             return EXIT_OK
-        code = EXIT_OK
+        codes = []
         written: set[Path] = set()
         for node_id, ref in refs:
-            local = local_path(self.out_dir, ref)
-            if local is None:
-                self._note(f"warning: skipping output {ref!r} of node {node_id}: unsafe file name")
+            try:
+                local = local_path(self.out_dir, ref)
+            except UnsafeFileName as unsafe:
+                self._note(f"error: output of node {_label(prompt, node_id)}: {unsafe}; not written")
+                codes.append(EXIT_FAILED)
                 continue
             if local in written:
                 continue
             try:
-                size = await self.client.download(ref, str(local))
+                size = await self._net(self.client.download(ref, str(local)))
+            except LocalWriteError as error:
+                self._note(f"error: --out {self.out_dir}: {error}")
+                codes.append(EXIT_BAD_INPUT)
+                continue
             except (ServerUnavailable, ServerError) as error:
                 self._note(f"error: could not download {ref.get('filename')!r} of node "
                            f"{_label(prompt, node_id)}: {error}")
-                code = EXIT_SERVER_GONE if isinstance(error, ServerUnavailable) else EXIT_FAILED
+                codes.append(EXIT_SERVER_GONE if isinstance(error, ServerUnavailable) else EXIT_FAILED)
                 continue
             written.add(local)
             print(f"wrote {local} ({size} bytes, node {_label(prompt, node_id)})", file=self.out, flush=True)
-        return code
+        return codes[0] if codes else EXIT_OK
 
     # ---- small helpers ------------------------------------------------------------------------------------
 
@@ -337,7 +457,8 @@ class _Run:
         if self.prompt_id is None:
             return
         try:
-            await asyncio.wait_for(self.client.interrupt(self.prompt_id), 5.0)
+            await asyncio.wait_for(self.client.interrupt(self.prompt_id),
+                                   min(5.0, self.client.request_timeout_seconds))
             self.interrupt_sent = True
         except (ServerUnavailable, ServerError, asyncio.TimeoutError):
             pass
@@ -353,12 +474,14 @@ class _Run:
 class _Watch:
     """What the websocket has said about one prompt so far."""
 
-    def __init__(self, prompt_id: str, display: "ProgressDisplay"):
+    def __init__(self, prompt_id: str, display: "ProgressDisplay", note=lambda text: None):
         self.prompt_id = prompt_id
         self.display = display
+        self.note = note
         self.status: str | None = None
         self.details: dict = {}
         self.outputs: dict[str, dict] = {}
+        self.warned_progress = False
 
     def handle(self, message: dict) -> bool:
         """Take one message; True when the prompt is over."""
@@ -371,15 +494,22 @@ class _Watch:
                 return "prompt_id" in data  # the end of our prompt (a bare one is a reconnect greeting)
             self.display.start(str(data["node"]))
         elif kind == "progress":
-            if data.get("node") is not None:
-                self.display.progress(str(data["node"]), data.get("value", 0), data.get("max", 0))
+            value, maximum = data.get("value", 0), data.get("max", 0)
+            if _is_count(value) and _is_count(maximum):
+                if data.get("node") is not None:
+                    self.display.progress(str(data["node"]), value, maximum)
+            elif not self.warned_progress:  # only the bar depends on it: say so once, and keep following
+                self.warned_progress = True
+                self.note(f"warning: ignoring progress messages the server sends with a 'value' and 'max' that are "
+                          f"not numbers >= 0 (got value {value!r}, max {maximum!r})")
         elif kind == "executed":
             node = str(data.get("node"))
             if isinstance(data.get("output"), dict):
                 self.outputs[node] = data["output"]
             self.display.executed(node)
         elif kind == "execution_cached":
-            self.display.cached([str(n) for n in data.get("nodes") or []])
+            nodes = data.get("nodes")
+            self.display.cached([str(n) for n in nodes] if isinstance(nodes, list) else [])
         elif kind == "execution_success":
             self.status = "success"
         elif kind == "execution_error":
@@ -389,19 +519,22 @@ class _Watch:
         return False
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
 def outcome_from_history(entry: dict) -> Outcome:
-    """How a finished prompt ended, from its ``/history`` entry."""
+    """How a finished prompt ended, from its ``/history`` entry (shape checked by ``ComfyClient.history``)."""
     status = entry.get("status") or {}
+    outputs = entry.get("outputs") or {}
     messages = status.get("messages") or []
     for event, data in (m for m in messages if isinstance(m, (list, tuple)) and len(m) == 2):
-        if event == "execution_error":
-            return Outcome("error", data, entry.get("outputs") or {})
-        if event == "execution_interrupted":
-            return Outcome("interrupted", data, entry.get("outputs") or {})
+        if event in ("execution_error", "execution_interrupted"):
+            return Outcome("error" if event == "execution_error" else "interrupted",
+                           data if isinstance(data, dict) else {"exception_message": str(data)}, outputs)
     if status.get("status_str") == "error":
-        return Outcome("error", {"exception_message": "the server reports an error but gave no details"},
-                       entry.get("outputs") or {})
-    return Outcome("success", {}, entry.get("outputs") or {})
+        return Outcome("error", {"exception_message": "the server reports an error but gave no details"}, outputs)
+    return Outcome("success", {}, outputs)
 
 
 def file_refs(outputs: dict[str, dict]) -> Iterable[tuple[str, dict]]:
@@ -412,21 +545,54 @@ def file_refs(outputs: dict[str, dict]) -> Iterable[tuple[str, dict]]:
             continue
         for items in ui.values():
             for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                    key = (item.get("type") or "output", item.get("subfolder") or "", item["filename"])
+                if isinstance(item, dict) and "filename" in item:
+                    key = repr((item.get("type") or "output", item.get("subfolder") or "", item["filename"]))
                     if key not in seen:
                         seen.add(key)
                         yield node_id, item
 
 
-def local_path(out_dir: Path, ref: dict) -> Path | None:
-    """Where a server file goes under ``out_dir`` (its subfolder kept); None for a name that would escape it."""
-    subfolder = str(ref.get("subfolder") or "").replace("\\", "/")
-    parts = [p for p in PurePosixPath(subfolder).parts if p not in ("", ".")] + [str(ref["filename"])]
-    if subfolder.startswith("/") or any(p == ".." or "/" in p or "\\" in p or p.startswith("/") for p in parts[:-1]) \
-            or parts[-1] in ("", ".", "..") or "/" in parts[-1] or "\\" in parts[-1]:
+class UnsafeFileName(ValueError):
+    """A file name from the server that cannot be written under --out as it is."""
+
+
+# Longest file name written: the temporary name beside it (atomic writes) adds about 20 characters, and most file
+# systems stop at 255 bytes.
+MAX_NAME_BYTES = 200
+
+
+def local_path(out_dir: Path, ref: dict) -> Path:
+    """Where a server file goes under ``out_dir`` (its subfolder kept). Raises UnsafeFileName for a name that is not
+    a plain relative path inside ``out_dir`` (absolute, ``..``, empty, NUL or control characters, too long)."""
+    filename, subfolder, kind = ref.get("filename"), ref.get("subfolder") or "", ref.get("type") or "output"
+    where = f"the server's file name {filename!r} (subfolder {subfolder!r})"
+    if not isinstance(filename, str) or not isinstance(subfolder, str) or not isinstance(kind, str):
+        raise UnsafeFileName(f"{where}: expected text for 'filename', 'subfolder' and 'type', got "
+                             f"{type(filename).__name__}, {type(subfolder).__name__} and {type(kind).__name__}")
+    folders = [p for p in subfolder.replace("\\", "/").split("/") if p not in ("", ".")]
+
+    def why_not(part: str) -> str | None:
+        if part in ("", ".", ".."):
+            return f"{part!r} is not a file name" if part != ".." else "'..' would leave the output folder"
+        if any(ord(c) < 32 or ord(c) == 127 for c in part):
+            return "it holds a NUL or control character"
+        if "/" in part or "\\" in part or (os.name == "nt" and ":" in part):
+            return "a file name cannot hold a path separator or a drive"
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            return f"a name is longer than {MAX_NAME_BYTES} bytes"
         return None
-    return out_dir.joinpath(*parts)
+
+    if subfolder.replace("\\", "/").startswith("/") or PureWindowsPath(subfolder).drive:
+        raise UnsafeFileName(f"{where}: an absolute subfolder would leave the output folder")
+    for part in folders + [filename]:
+        reason = why_not(part)
+        if reason:
+            raise UnsafeFileName(f"{where}: {reason}")
+    path = out_dir.joinpath(*folders, filename)
+    root = os.path.normpath(os.path.abspath(out_dir))
+    if os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) != root:  # a last, lexical check
+        raise UnsafeFileName(f"{where}: it would leave the output folder")
+    return path
 
 
 def format_rejection(body: Any, prompt: dict) -> str:
@@ -464,7 +630,7 @@ def format_execution_error(details: dict, prompt: dict) -> str:
     traceback = details.get("traceback")
     if isinstance(traceback, list) and traceback:  # first, so that the summary is the last thing on the screen
         lines.append("server traceback:")
-        lines += ["  " + line.rstrip("\n").replace("\n", "\n  ") for line in traceback]
+        lines += ["  " + str(line).rstrip("\n").replace("\n", "\n  ") for line in traceback]
     lines.append(f"error: node {label} failed: {f'{exception}: ' if exception else ''}{str(message).strip()}")
     return "\n".join(lines)
 

@@ -11,8 +11,10 @@ frontend would queue for it.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -39,10 +41,72 @@ def pause(seconds: float) -> tuple:
     return ("sleep", seconds)
 
 
+def raw(text: str) -> tuple:
+    """Script step: send ``text`` as it is in one websocket text frame (garbage, JSON of another shape)."""
+    return ("raw", text)
+
+
+@dataclass(frozen=True)
+class BigFile:
+    """A ``/view`` answer made up on the fly in 1 MiB chunks (never held whole by the server): ``size`` bytes of
+    ``pattern(offset)``; with ``break_after`` the connection is cut after that many bytes, the full size announced.
+    """
+    size: int
+    break_after: int | None = None
+    headers: tuple = ()  # extra response headers, as (name, value) pairs
+    pause_seconds: float = 0.0  # between two chunks: a slow link
+
+    @staticmethod
+    def pattern(offset: int, length: int) -> bytes:
+        """The bytes at ``offset`` (byte i of the file is ``i % 256``); ``length`` up to 1 MiB."""
+        assert length <= 1 << 20
+        return _BLOCK[offset % 256: offset % 256 + length]
+
+
+_BLOCK = bytes(range(256)) * 4097  # 1 MiB and one more period, so that any start in 0..255 has 1 MiB after it
+
+
+class SilentServer:
+    """Accepts TCP connections on a loopback port and never answers (a hung server, a black-holing proxy)."""
+
+    def __init__(self):
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.port = self._socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "SilentServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._socket.close()
+        for connection in self._connections:
+            connection.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed by stop()
+                return
+            self._connections.append(connection)
+
+
 class FakeComfyUI:
     def __init__(self, object_info: dict | None = None):
         self.object_info = object_info or {}
-        self.files: dict[tuple[str, str, str], bytes] = {}  # (type, subfolder, filename) -> content
+        self.files: dict[tuple[str, str, str], bytes | BigFile] = {}  # (type, subfolder, filename) -> content
+        # "METHOD /path" prefix ("POST /prompt", "GET /history", "GET /queue", ...) -> (status, body text, content
+        # type) to answer instead of the API's own answer: an HTML error page, JSON of another shape
+        self.replies: dict[str, tuple[int, str, str]] = {}
+        self.ws_close_at_once = False  # close each websocket right after the handshake, before any message
         self.script: list[tuple] = []
         self.reject: tuple[int, Any] | None = None  # (status, body) to answer POST /prompt with
         self.prompts: list[dict] = []  # bodies of POST /prompt
@@ -75,7 +139,7 @@ class FakeComfyUI:
     # ---- server ---------------------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._replace_reply])
         app.router.add_post("/prompt", self._post_prompt)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/history/{prompt_id}", self._get_history)
@@ -100,6 +164,13 @@ class FakeComfyUI:
             await self._runner.cleanup()
             self._runner = None
 
+    @web.middleware
+    async def _replace_reply(self, request: web.Request, handler):
+        for prefix, (status, text, content_type) in self.replies.items():
+            if f"{request.method} {request.path}".startswith(prefix):
+                return web.Response(status=status, text=text, content_type=content_type)
+        return await handler(request)
+
     async def _post_prompt(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.prompts.append(body)
@@ -117,6 +188,9 @@ class FakeComfyUI:
         await socket.prepare(request)
         client_id = request.query.get("clientId") or uuid.uuid4().hex
         self.ws_connects.append(client_id)
+        if self.ws_close_at_once:
+            await socket.close(code=WSCloseCode.GOING_AWAY)
+            return socket
         self._sockets[client_id] = socket
         await socket.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}},
                                                             "sid": client_id}})
@@ -145,7 +219,22 @@ class FakeComfyUI:
         key = (request.query.get("type", "output"), request.query.get("subfolder", ""), request.query["filename"])
         if key not in self.files:
             return web.Response(status=404)
-        return web.Response(body=self.files[key], content_type="application/octet-stream")
+        content = self.files[key]
+        if not isinstance(content, BigFile):
+            return web.Response(body=content, content_type="application/octet-stream")
+        reply = web.StreamResponse(headers=dict(content.headers))
+        reply.content_type = "application/octet-stream"
+        reply.content_length = content.size
+        await reply.prepare(request)
+        end = content.size if content.break_after is None else content.break_after
+        for offset in range(0, end, 1 << 20):
+            await reply.write(BigFile.pattern(offset, min(1 << 20, end - offset)))
+            await asyncio.sleep(content.pause_seconds)
+        if content.break_after is not None:  # the server goes away mid-file
+            request.transport.close()
+            return reply
+        await reply.write_eof()
+        return reply
 
     async def _get_object_info(self, request: web.Request) -> web.Response:
         return web.json_response(self.object_info)
@@ -171,6 +260,10 @@ class FakeComfyUI:
                                "messages": [["execution_start", {"prompt_id": prompt_id}]] + messages},
                     "meta": {}}
                 self.running.discard(prompt_id)
+            elif kind == "raw":
+                socket = self._sockets.get(client_id)
+                if socket is not None and not socket.closed:
+                    await socket.send_str(step[1])
             elif kind == "drop":
                 socket = self._sockets.pop(client_id, None)
                 if socket is not None:

@@ -249,6 +249,7 @@ def test_unsafe_output_names_are_not_written_outside_the_folder(server, workflow
     server.files[("output", "../../etc", "x.png")] = b"nope"
     server.script = [finish("success", {"7": {"images": [evil]}}), send("executing", node=None)]
     code, out, err, _ = _run(server, copy.deepcopy(API_WORKFLOW), tmp_path)
-    assert code == EXIT_OK
-    assert "unsafe file name" in err and out == ""
+    assert code == EXIT_FAILED  # the run's files are not all there: not a success
+    assert "error: output of node 7 (SaveVideo, 'Save Video'): the server's file name 'x.png' (subfolder " \
+           "'../../etc'): '..' would leave the output folder; not written" in err and out == ""
     assert not (tmp_path / "etc").exists() and not (tmp_path.parent / "etc" / "x.png").exists()
