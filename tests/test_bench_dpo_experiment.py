@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "dpo_experiment.py"
 
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.bench_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "ovi_step.py"
 KEYS = ["forward_s", "plain_step_s", "synccfg_step_s", "synccfg_over_plain", "peak_full_gib", "peak_forward_full_gib",
         "fp8_forward_s", "peak_fp8_gib", "swap_forward_s", "peak_swap_gib"]

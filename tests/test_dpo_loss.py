@@ -175,6 +175,8 @@ def test_dpo_trains_through_the_shared_loop(tmp_path):
                    progress=False)
     assert result.state.step == 2 and "video_accuracy" in result.state.history[-1]
     assert all(torch.equal(dict(model.named_parameters())[n], p) for n, p in base_before.items())
+    # The loop's optimizer stepped the adapters (B starts at zero).
+    assert all(layer.lora_B["default"].weight.abs().max() > 0 for layer in lora_layers(model).values())
 
 
 def test_prompts_of_other_lengths_are_zero_padded_like_the_towers_do():

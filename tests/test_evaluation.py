@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from comfyui_syncav.cli import main
+from comfyui_syncav.model.generate import generate_clip
 from comfyui_syncav.model.pipeline import build_embedded_default
 from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
 from comfyui_syncav.train.bouncebench import BALL_CLASSES, VARIANTS, make_clips, split_seeds
 from comfyui_syncav.train.evaluation import (RESULT_KEYS, SUMMARY_KEYS, audio_quality, count_blobs,
-                                             evaluate_bouncebench, video_quality)
+                                             evaluate_bouncebench, score_clip, video_quality)
 from comfyui_syncav.train.sync_metrics import REPORT_KEYS
 
 CLIPS, STEPS = 2, 2
@@ -60,16 +61,26 @@ def test_settings_seeds_and_per_clip_records(result):
     assert finite(result["elapsed_s"]) and result["elapsed_s"] > 0
 
 
-def test_numbers_are_finite_where_they_must_be(result):
-    for key in ("event_f1", "av_align", "video_blob_count_ok", "audio_spectral_distance_db", "audio_pitch_error_hz",
-                "chance_event_f1", "event_f1_margin", "num_audio_onsets", "num_visual_events"):
-        assert finite(result[key]), key
+def test_each_record_scores_the_clip_generate_makes_for_its_seed_and_caption(result):
+    pipeline = build_embedded_default()
+    for record, real in zip(result["per_clip"], make_clips(result["seeds"])):
+        with torch.inference_mode():
+            clip = generate_clip(pipeline, real.caption, real.caption, seed=real.seed, steps=STEPS, guidance=GUIDANCE)
+        assert record == score_clip(clip.frames[0], clip.waveform[0], clip.fps, clip.sample_rate_hz, real)
+
+
+def test_summary_is_the_mean_over_clips_and_the_margin_is_over_chance(result):
+    for key in ("event_f1", "median_offset_ms", "av_align", "xcorr_offset_ms", "video_blob_count_ok",
+                "video_colour_error", "video_radius_ratio", "audio_spectral_distance_db", "audio_pitch_error_hz",
+                "num_audio_onsets", "num_visual_events", "num_true_impacts"):
+        # undefined for a clip with no ball or no matched event: None, left out of the mean
+        values = [r[key] for r in result["per_clip"] if r[key] is not None]
+        assert all(finite(v) for v in values), key
+        assert result[key] == (pytest.approx(sum(values) / len(values)) if values else None), key
+    assert result["chance_event_f1"] == result["chance"]["event_f1"] and result["chance"]["num_pairs"] == CLIPS
+    assert result["event_f1_margin"] == pytest.approx(result["event_f1"] - result["chance_event_f1"])
     for key in ("event_f1", "av_align", "video_blob_count_ok", "chance_event_f1"):
         assert 0.0 <= result[key] <= 1.0, key
-    assert result["event_f1_margin"] == pytest.approx(result["event_f1"] - result["chance_event_f1"])
-    # undefined for a model that draws no ball or matches no event: None, else a number
-    for key in ("median_offset_ms", "xcorr_offset_ms", "video_colour_error", "video_radius_ratio"):
-        assert result[key] is None or finite(result[key]), key
     print("generated:", {k: result[k] for k in SUMMARY_KEYS})
 
 

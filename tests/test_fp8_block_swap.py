@@ -186,10 +186,22 @@ def test_generate_with_block_swap_gives_the_same_clip(text_encoder):
     assert torch.equal(plain.frames, swapped.frames) and torch.equal(plain.waveform, swapped.waveform)
 
 
-def test_cli_generate_takes_blocks_on_gpu(tmp_path):
+def test_cli_generate_takes_blocks_on_gpu(tmp_path, monkeypatch):
     from comfyui_syncav.cli import main
+    from comfyui_syncav.model import block_swap
+    from comfyui_syncav.model.media_io import probe_mp4
 
+    swaps, enable = [], block_swap.enable_block_swap
+
+    def spy(*args, **kwargs):
+        swaps.append(enable(*args, **kwargs))
+        return swaps[-1]
+
+    monkeypatch.setattr(block_swap, "enable_block_swap", spy)
     out = tmp_path / "clip.mp4"
     assert main(["generate", "--prompt", "a red ball bouncing", "--seconds", "0.5", "--steps", "2",
                  "--blocks-on-gpu", "1", "--out", str(out)]) == 0
-    assert out.stat().st_size > 0
+    (swap,) = swaps
+    assert swap.swapped == (1, 2, 3) and swap.moves_in > 0        # the embedded model's 4 blocks, one resident
+    video = probe_mp4(out)["video"]
+    assert (video["frames"], video["width"], video["height"], video["fps"]) == (8, 32, 32, 16.0)   # 0.5 s

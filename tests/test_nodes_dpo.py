@@ -14,7 +14,7 @@ import torch
 
 from comfyui_syncav.model.joint import JointModel
 from comfyui_syncav.model.lora import LoraSpec, add_lora, lora_layers, save_lora
-from comfyui_syncav.model.safetensors_io import CheckpointError, read_header
+from comfyui_syncav.model.safetensors_io import CheckpointError, load_tensors, read_header
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, comfy_bridge
 from comfyui_syncav.nodes.dpo_trainer import RUNS_FOLDER
 from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT
@@ -231,10 +231,13 @@ def test_dpo_trainer_on_a_dataset(loaded, clip_folder):
     with torch.inference_mode():
         dataset, _ = node("SyncAVDataset").load(str(clip_folder), codecs, text_encoder, 2.0, 32, False)
     spec = negatives_spec(loaded, rules="audio_shift")[0]
-    _, lora_path, _ = train_node(loaded, spec, name="on_clips", steps=1, dataset=dataset, batch_size=2,
-                                 objective="sft")
-    meta = read_header(lora_path)[1]
+    runs = {name: train_node(loaded, spec, name=name, steps=1, dataset=data, batch_size=2, objective="sft")[1]
+            for name, data in (("on_clips", dataset), ("on_clips_again", dataset), ("on_bouncebench", None))}
+    meta = read_header(runs["on_clips"])[1]
     assert meta["objective"] == "sft" and meta["step"] == "1"
+    clips, again, default = (load_tensors(path) for path in runs.values())
+    assert all(torch.equal(clips[k], again[k]) for k in clips)                 # the same data, the same LoRA
+    assert any(not torch.equal(clips[k], default[k]) for k in clips)          # the dataset is what it trained on
 
 
 def test_dpo_trainer_lora_towers_and_noise_shift(loaded):

@@ -1,5 +1,6 @@
 """SyncAV Sync Metric and SyncAV BounceBench Clip, run as plain Python (no ComfyUI), under inference mode as
-ComfyUI runs nodes. The generic contract test in test_nodes.py covers their declarations too."""
+ComfyUI runs nodes. The generic contract test in test_nodes.py covers their declarations; here every choice they
+offer is run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import pytest
 import torch
 
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
 from comfyui_syncav.train.bouncebench import VARIANTS, make_clip, split_seeds
 from comfyui_syncav.train.sync_metrics import REPORT_KEYS
 
@@ -25,30 +26,47 @@ def measure(images, audio, fps=FPS, tolerance_ms=62.5, mode="auto"):
         return NODE_CLASS_MAPPINGS["SyncAVSyncMetric"]().measure(images, audio, fps, tolerance_ms, mode)
 
 
-# ------------------------------------------------------------------------------------------------ declarations
+# ------------------------------------------------------------------------------------------------ choices
 
-def test_registered_with_display_names():
-    assert NODE_DISPLAY_NAME_MAPPINGS["SyncAVSyncMetric"] == "SyncAV Sync Metric"
-    assert NODE_DISPLAY_NAME_MAPPINGS["SyncAVBounceBench"] == "SyncAV BounceBench Clip"
+def test_every_split_and_variant_choice_makes_its_clip():
+    spec = NODE_CLASS_MAPPINGS["SyncAVBounceBench"].INPUT_TYPES()["required"]
+    for split in spec["split"][0]:
+        for variant in spec["variant"][0]:
+            images, audio, caption, fps, truth_json = bounce(split, 0, variant)
+            truth = json.loads(truth_json)
+            low, high = VARIANTS[variant].num_balls
+            assert truth["config"] == variant and low <= len(truth["balls"]) <= high, (split, variant)
+            assert truth["seed"] == split_seeds(split, 1)[0]                  # index 0 of that split
+            assert images.shape[0] == round(truth["seconds"] * fps)
+            assert audio["waveform"].shape[-1] == round(truth["seconds"] * audio["sample_rate"])
+            assert caption.count(" ball") == len(truth["balls"])
+    assert not torch.equal(bounce("train", 0)[0], bounce("val", 0)[0])       # the splits hold other clips
 
 
-def test_sync_metric_contract():
+def test_every_mode_choice_runs_and_auto_reads_blobs_on_a_plain_background():
     cls = NODE_CLASS_MAPPINGS["SyncAVSyncMetric"]
-    spec = cls.INPUT_TYPES()["required"]
-    assert [spec[k][0] for k in ("images", "audio", "fps", "tolerance_ms")] == ["IMAGE", "AUDIO", "FLOAT", "FLOAT"]
-    assert spec["mode"][0] == ["auto", "blobs", "motion"]
-    assert spec["tolerance_ms"][1]["default"] == 62.5
-    assert cls.RETURN_TYPES == ("STRING", "FLOAT") and cls.OUTPUT_NODE is True
+    images, audio, _, fps, _ = bounce("val", 0)
+    late = {"waveform": torch.roll(audio["waveform"], round(4 / fps * 8000), dims=-1), "sample_rate": 8000}
+    reports = {}
+    for mode in cls.INPUT_TYPES()["required"]["mode"][0]:
+        out = measure(images, audio, fps, mode=mode)
+        text, f1 = out["result"]
+        assert [type(v).__name__ for v in out["result"]] == ["str", "float"] == \
+            [{"STRING": "str", "FLOAT": "float"}[t] for t in cls.RETURN_TYPES]
+        assert out["ui"]["text"] == [text]                                     # an output node shows its report
+        reports[mode] = json.loads(text)
+        assert measure(images, late, fps, mode=mode)["result"][1] < f1 - 0.5, mode   # measured 1.0 / 0.75 -> 0
+    assert reports["auto"] == reports["blobs"] and reports["motion"] != reports["blobs"]
+    assert reports["blobs"]["event_f1"] == 1.0 and reports["motion"]["event_f1"] >= 0.5    # measured 0.75
 
 
-def test_bouncebench_contract():
-    cls = NODE_CLASS_MAPPINGS["SyncAVBounceBench"]
-    spec = cls.INPUT_TYPES()["required"]
-    assert spec["split"][0] == ["train", "val", "test"]
-    assert spec["index"][0] == "INT"
-    assert spec["variant"][0] == list(VARIANTS)
-    assert cls.RETURN_TYPES == ("IMAGE", "AUDIO", "STRING", "FLOAT", "STRING")
-    assert getattr(cls, "OUTPUT_NODE", False) is False
+def test_tolerance_widens_the_matching_window():
+    images, audio, _, fps, _ = bounce("val", 0)
+    shift = round(1.5 / fps * audio["sample_rate"])                      # 93.75 ms late: one and a half frames
+    late = {"waveform": torch.roll(audio["waveform"], shift, dims=-1), "sample_rate": audio["sample_rate"]}
+    assert measure(images, late, fps, tolerance_ms=62.5)["result"][1] == 0.0
+    report = json.loads(measure(images, late, fps, tolerance_ms=100.0)["result"][0])
+    assert report["event_f1"] == 1.0 and report["median_offset_ms"] == pytest.approx(93.75, abs=2)
 
 
 # ------------------------------------------------------------------------------------------------ BounceBench node
@@ -99,11 +117,12 @@ def test_audio_rolled_by_four_frames_scores_lower():
     print(f"rolled by 4 frames: F1 {f1:.3f} (aligned {aligned:.3f}), xcorr {report['xcorr_offset_ms']:+.0f} ms")
 
 
-def test_zero_tolerance_means_one_frame_and_modes_run():
+def test_zero_tolerance_means_one_frame():
     images, audio, _, fps, _ = bounce("val", 0)
-    assert measure(images, audio, fps, 0.0)["result"] == measure(images, audio, fps, 62.5)["result"]
-    motion = json.loads(measure(images, audio, fps, mode="motion")["result"][0])
-    assert 0.0 <= motion["event_f1"] <= 1.0
+    late = {"waveform": torch.roll(audio["waveform"], round(2 / fps * 8000), dims=-1), "sample_rate": 8000}
+    for clip_audio in (audio, late):       # 1000 / 16 fps = 62.5 ms; the 2-frame shift keeps some matches (0.25)
+        assert measure(images, clip_audio, fps, 0.0)["result"] == measure(images, clip_audio, fps, 62.5)["result"]
+    assert measure(images, late, fps, 0.0)["result"] != measure(images, late, fps, 150.0)["result"]
 
 
 def test_a_batch_of_clips_is_scored_clip_by_clip():

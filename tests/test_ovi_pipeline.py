@@ -32,7 +32,6 @@ def test_latent_shapes_are_ovis(tmp_path, label, seconds, height, width, video_s
 def test_pipeline_knows_its_variant(tmp_path):
     pipeline = _pipeline(tmp_path, "Ovi 960x960 5s")
     assert pipeline.prompt_style == "audio_prefix" and pipeline.name == "Ovi 960x960 5s"
-    assert pipeline.default_negatives == ("jitter, bad hands, blur, distortion", "robotic, muffled, echo, distorted")
     assert pipeline.model.config.prediction == "velocity"
     with pytest.raises(FileNotFoundError, match="Ovi text encoder: none configured"):
         pipeline.encode_prompts(["a cat"])
@@ -79,13 +78,22 @@ def test_build_from_files_uses_the_codec_loaders(tmp_path, monkeypatch):
     assert "_fusion_block" in vars(pipeline.model)          # block swap installed
 
 
-def test_anchors_and_decode_with_ovi_geometry(tmp_path):
+def test_anchors_are_the_codecs_encodings_of_a_grey_clip_and_of_silence(tmp_path):
     pipeline = _pipeline(tmp_path)
     video_shape, audio_shape = (1, 48, 3, 2, 2), (1, 11, 20)
     static, silence = pipeline.anchors(video_shape, audio_shape)
-    assert static.shape == video_shape and silence.shape == audio_shape
-    frames, waveform = pipeline.decode(torch.zeros(video_shape), torch.zeros(audio_shape))
+    # Ovi's causal VAE: 3 latent frames are 1 + 4 x 2 = 9 frames of 32 x 32 px; 11 audio latents are 11 x 512 samples.
+    # The stand-in codecs encode a clip to its mean level, so the anchors read back what was encoded.
+    assert torch.equal(static, StandInWanCodec().encode(torch.full((1, 9, 32, 32, 3), 0.5)))
+    assert torch.equal(silence, StandInMMAudioCodec().encode(torch.zeros(1, 1, 11 * 512)))
+    assert pipeline.anchors(video_shape, audio_shape)[0] is static                  # encoded once per shape
+    longer = pipeline.anchors((1, 48, 5, 2, 2), (1, 19, 20))
+    assert longer[0].shape == (1, 48, 5, 2, 2) and longer[1].shape == (1, 19, 20)
+
+    frames, waveform = pipeline.decode(torch.full(video_shape, 2.0), torch.full(audio_shape, 0.5))
     assert frames.shape == (1, 9, 32, 32, 3) and waveform.shape == (1, 1, 11 * 512)
+    assert torch.allclose(frames, torch.sigmoid(torch.tensor(2.0)).expand_as(frames))    # the stand-ins' decoders
+    assert torch.allclose(waveform, torch.tanh(torch.tensor(0.5)).expand_as(waveform))
 
 
 def test_cli_generate_with_an_ovi_model_names_missing_files(tmp_path, capsys):
@@ -97,3 +105,39 @@ def test_cli_generate_with_an_ovi_model_names_missing_files(tmp_path, capsys):
     assert "'model_960x960_10s.safetensors' not found in models/diffusion_models" in capsys.readouterr().err
     assert main(["generate", "--prompt", "a cat", "--speech", "hello", "--out", out]) == 2
     assert "--speech: the embedded default does not speak" in capsys.readouterr().err
+
+
+def test_cli_generate_with_an_ovi_model_builds_its_prompt_clip_and_negatives(tmp_path, monkeypatch):
+    """generate --model <Ovi variant>: Ovi's one prompt in the variant's style for both towers, the variant's clip, and
+    Ovi's own negatives unless --negative is given (the generation itself, the library's, stood in for)."""
+    from comfyui_syncav.cli import main
+    from comfyui_syncav.model import generate
+
+    class Generated(Exception):
+        pass
+
+    calls = []
+
+    def generate_clip(pipeline, video_prompt, audio_prompt=None, **settings):
+        calls.append(dict(settings, pipeline=pipeline, video_prompt=video_prompt, audio_prompt=audio_prompt))
+        raise Generated()
+
+    write_ovi_files(tmp_path, get_variant("960x960_10s"), text_encoder=True)
+    monkeypatch.setattr(ovi_pipeline, "load_video_codec", lambda path, device=None, dtype=None: StandInWanCodec())
+    monkeypatch.setattr(ovi_pipeline, "load_audio_codec",
+                        lambda vae, vocoder, device=None, dtype=None: StandInMMAudioCodec())
+    monkeypatch.setattr(generate, "generate_clip", generate_clip)
+    out = tmp_path / "clip.mp4"
+    args = ["generate", "--model", "960x960_10s", "--models-dir", str(tmp_path), "--prompt", "A man waves.",
+            "--speech", "Hello!", "--sound", "A cheerful voice.", "--out", str(out)]
+    for extra in ([], ["--negative", "blur"]):
+        with pytest.raises(Generated):
+            main(args + extra)
+    ovi, typed = calls
+    assert ovi["video_prompt"] == ovi["audio_prompt"] == "A man waves. <S>Hello!<E> Audio: A cheerful voice."
+    assert (ovi["seconds"], ovi["height_px"], ovi["width_px"]) == (10.0, 960, 960)
+    assert isinstance(ovi["pipeline"], OviPipeline) and ovi["pipeline"].variant.key == "960x960_10s"
+    assert (ovi["video_negative"], ovi["audio_negative"]) == ("jitter, bad hands, blur, distortion",
+                                                              "robotic, muffled, echo, distorted")
+    assert (typed["video_negative"], typed["audio_negative"]) == ("blur", "blur")
+    assert not out.exists()

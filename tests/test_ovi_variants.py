@@ -3,16 +3,16 @@
 import json
 
 import pytest
+import torch
 
 from comfyui_syncav.model.config import OVI_ROPE_SCALE, get_preset
-from comfyui_syncav.model.ovi_prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE, build_ovi_prompt, convert_style, \
-    sound_caption, speech_lines
+from comfyui_syncav.model.ovi_prompt import build_ovi_prompt, convert_style, sound_caption, speech_lines
 from comfyui_syncav.model.ovi_sizes import audio_latent_length, frames_for_seconds, latent_lengths, \
     rope_scale_from_codecs, size_for_aspect, snap_size_to_area, video_latent_frames
-from comfyui_syncav.model.ovi_variants import PRESET_LABELS, VARIANTS, find_text_encoder_files, find_variant_files, \
+from comfyui_syncav.model.ovi_variants import VARIANTS, find_text_encoder_files, find_variant_files, \
     folder_tree_finder, get_variant, recognise_variant, uses_ovi_codecs, variant_from_name
 
-from ovi_stand_ins import StandInMMAudioCodec, StandInWanCodec, write_ovi_files
+from ovi_stand_ins import StandInMMAudioCodec, StandInUMT5, StandInWanCodec, write_ovi_files
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -106,27 +106,77 @@ def test_sound_caption_and_style_conversion():
         build_ovi_prompt(SCENE, style="ovi")
 
 
-def test_ovi_default_negatives():
-    assert OVI_VIDEO_NEGATIVE == "jitter, bad hands, blur, distortion"
-    assert OVI_AUDIO_NEGATIVE == "robotic, muffled, echo, distorted"
+def test_empty_negatives_become_ovis_own_per_tower_and_typed_ones_replace_them():
+    """SyncAV Text Encode on an Ovi model: an empty (or blank) negative is Ovi's default negative of that tower, as
+    Ovi's inference config has them; a typed one is used instead, for its tower only."""
+    from comfyui_syncav.model.ovi_pipeline import OviTextEncoder
+    from comfyui_syncav.nodes.text_encode import SyncAVTextEncode
+
+    umt5 = StandInUMT5()
+    encoder = OviTextEncoder(StandInUMT5, "audcap")
+
+    def negatives(video_negative, audio_negative):
+        (cond,) = SyncAVTextEncode().encode(encoder, SCENE, "", video_negative, audio_negative)
+        return [text.embeddings for text in cond.negative]
+
+    ovi_video = umt5.encode(["jitter, bad hands, blur, distortion"]).embeddings
+    ovi_audio = umt5.encode(["robotic, muffled, echo, distorted"]).embeddings
+    video, audio = negatives("", "  ")
+    assert torch.equal(video, ovi_video) and torch.equal(audio, ovi_audio)
+    video, audio = negatives("shaky camera", "")
+    assert torch.equal(video, umt5.encode(["shaky camera"]).embeddings) and torch.equal(audio, ovi_audio)
 
 
 # ------------------------------------------------------------------------------------------------ variants
 
-def test_variant_table():
-    assert PRESET_LABELS == ("Ovi 720x720 5s", "Ovi 960x960 5s", "Ovi 960x960 10s", "Ovi 720x720 5s fp8")
-    rows = {v.key: (v.fps, v.seconds, v.frames, v.video_latent_frames, v.audio_latents, v.area_px, v.prompt_style,
-                    v.fp8, v.model_file.name) for v in VARIANTS.values()}
-    assert rows == {
-        "720x720_5s": (24.0, 5.0, 121, 31, 157, 518400, "audcap", False, "model.safetensors"),
-        "960x960_5s": (24.0, 5.0, 121, 31, 157, 921600, "audio_prefix", False, "model_960x960.safetensors"),
-        "960x960_10s": (24.0, 10.0, 241, 61, 314, 921600, "audio_prefix", False, "model_960x960_10s.safetensors"),
-        "720x720_5s_fp8": (24.0, 5.0, 121, 31, 157, 518400, "audcap", True, "model_fp8_e4m3fn.safetensors"),
-    }
-    files = [(f.folders[0], f.name) for f in get_variant("Ovi 720x720 5s").files[1:]]
-    assert files == [("vae", "wan2.2_vae.safetensors"), ("vae", "mmaudio_vae_16k_fp32.safetensors"),
-                     ("vae", "mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors")]
-    with pytest.raises(ValueError, match="unknown Ovi variant"):
+# Each variant: the name Ovi publishes its model file under, its clip (seconds, frames, video and audio latents),
+# its default frame size, and how its prompt marks the sound.
+PUBLISHED = [
+    ("Ovi 720x720 5s", "model.safetensors", 5.0, 121, 31, 157, (704, 704), "<AUDCAP>a cheerful voice<ENDAUDCAP>"),
+    ("Ovi 960x960 5s", "model_960x960.safetensors", 5.0, 121, 31, 157, (960, 960), "Audio: a cheerful voice"),
+    ("Ovi 960x960 10s", "model_960x960_10s.safetensors", 10.0, 241, 61, 314, (960, 960), "Audio: a cheerful voice"),
+    ("Ovi 720x720 5s fp8", "model_fp8_e4m3fn.safetensors", 5.0, 121, 31, 157, (704, 704),
+     "<AUDCAP>a cheerful voice<ENDAUDCAP>"),
+]
+
+
+def _published_folder(root, model_file):
+    """A models folder holding one published joint model file and the codec files under their published names."""
+    (root / "diffusion_models" / "Ovi").mkdir(parents=True)
+    (root / "diffusion_models" / "Ovi" / model_file).write_bytes(b"")
+    (root / "vae").mkdir()
+    for name in ("wan2.2_vae.safetensors", "mmaudio_vae_16k_fp32.safetensors",
+                 "mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors"):
+        (root / "vae" / name).write_bytes(b"")
+    return folder_tree_finder(root)
+
+
+@pytest.mark.parametrize("label, model_file, seconds, frames, video_latents, audio_latents, size, sound", PUBLISHED)
+def test_each_variant_finds_its_file_and_makes_its_clip_and_prompt(tmp_path, label, model_file, seconds, frames,
+                                                                   video_latents, audio_latents, size, sound):
+    variant = get_variant(label)
+    assert get_variant(variant.key) is variant                       # by the CLI's key or the Loader's label
+    finder = _published_folder(tmp_path, model_file)
+    files = find_variant_files(variant, finder)
+    assert files.model == str(tmp_path / "diffusion_models" / "Ovi" / model_file)
+    assert files.video_vae.endswith("wan2.2_vae.safetensors")
+    # No other variant takes this file for its own: each asks for its file by name.
+    for other in VARIANTS.values():
+        if other is not variant:
+            with pytest.raises(FileNotFoundError, match=f"{other.label}: joint model file"):
+                find_variant_files(other, finder)
+    assert variant_from_name(model_file) is variant
+    assert (variant.seconds, variant.frames, variant.video_latent_frames, variant.audio_latents) == \
+        (seconds, frames, video_latents, audio_latents)
+    assert latent_lengths(variant.seconds, variant.fps) == (frames, video_latents, audio_latents)
+    assert snap_size_to_area(variant.height_px, variant.width_px, variant.area_px) == size
+    assert build_ovi_prompt("A man waves.", "Hi!", "a cheerful voice", variant.prompt_style) == \
+        f"A man waves. <S>Hi!<E> {sound}"
+
+
+def test_a_variant_nobody_published_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown Ovi variant 'Ovi 1080p'; known: 720x720_5s, .*\(or 'Ovi 720x720 "
+                                         r"5s', 'Ovi 960x960 5s'"):
         get_variant("Ovi 1080p")
 
 
@@ -205,7 +255,16 @@ def test_text_encoder_without_config_names_the_folder_transformers_needs(tmp_pat
         find_text_encoder_files(folder_tree_finder(tmp_path))
 
 
-def test_cli_lists_the_same_variants():
-    from comfyui_syncav.cli import OVI_VARIANT_KEYS
+def test_cli_generate_takes_every_variant_and_only_those(capsys):
+    import re
 
-    assert OVI_VARIANT_KEYS == tuple(VARIANTS)
+    from comfyui_syncav.cli import build_parser
+
+    parser = build_parser()
+    base = ["generate", "--prompt", "a cat", "--out", "clip.mp4"]
+    for key in VARIANTS:
+        assert get_variant(parser.parse_args(base + ["--model", key]).model) is VARIANTS[key]
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--model", "1080p"])
+    choices = re.findall(r"'([^']+)'", capsys.readouterr().err.split("choose from", 1)[1])
+    assert choices[0] == "embedded" and set(choices[1:]) == set(VARIANTS)     # every other choice is a variant
