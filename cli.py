@@ -183,11 +183,10 @@ def _apply_lora_arg(pipeline, args, tensors) -> None:
     """Merge the --lora tensors into the pipeline's model (its own copy: the CLI builds a fresh pipeline per run)."""
     if tensors is None:
         return
-    from .model.lora import apply_lora, check_lora_fits
+    from .model.lora import apply_lora
 
-    check_lora_fits(pipeline.model, tensors, where=f"--lora {args.lora}")
     apply_lora(pipeline.model, tensors, strength_video=args.lora_strength_video,
-               strength_audio=args.lora_strength_audio)
+               strength_audio=args.lora_strength_audio, where=f"--lora {args.lora}")
 
 
 def _shipped_files() -> dict:

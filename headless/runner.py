@@ -16,44 +16,31 @@
 Every network operation is bounded (``request_timeout_seconds`` each, ``--timeout`` for the whole run from its first
 request), and whatever is checkable up front (arguments, that ``--out`` is writable) is checked before queueing.
 
-The exit code says how it went: see the EXIT_* constants.
+The exit code says how it went: see the EXIT_* constants (headless/exit_codes.py, importable from here as well).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any, Awaitable, Iterable, TextIO
 
-from ..model.atomic_files import check_output_path
-from .client import (ComfyClient, EventStream, LocalWriteError, PromptRejected, ServerError, ServerUnavailable,
-                     UnexpectedReply, check_seconds)
+from .client import (ComfyClient, EventStream, PromptRejected, ServerError, ServerUnavailable, UnexpectedReply,
+                     check_seconds)
+from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SERVER_GONE, EXIT_TIMEOUT
+from .outcome import Outcome, PromptWatch, outcome_from_history
+from .outputs import check_out_dir, download_outputs
 from .overrides import Override, apply_overrides
+from .report import ProgressDisplay, format_execution_error, format_rejection, node_label
 from .ui_to_api import is_ui_format, ui_to_api
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # the server rejected the prompt, a node raised, or an output could not be fetched (HTTP error,
-#                  a file name that would not stay inside --out)
-EXIT_BAD_INPUT = 2  # unreadable workflow, bad --set / --timeout / --server, an --out that cannot be written (checked
-#                     before queueing; a disk that fills up while downloading too): the code other commands use
-EXIT_SERVER_GONE = 3  # the server could not be reached, was lost for good, forgot the prompt, or answered in a way
-#                       ComfyUI does not (a queued prompt is then interrupted)
-EXIT_INTERRUPTED = 4  # the prompt was interrupted (Cancel in the browser, POST /interrupt, Ctrl-C here)
-EXIT_TIMEOUT = 5  # --timeout (counted from the first request) passed first; a running prompt was interrupted
-
-
-@dataclass
-class Outcome:
-    status: str  # "success", "error" or "interrupted"
-    details: dict = field(default_factory=dict)  # the execution_error / execution_interrupted message data
-    outputs: dict[str, dict] = field(default_factory=dict)  # node id -> its UI output ({"images": [...], ...})
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SERVER_GONE", "EXIT_TIMEOUT",
+           "load_workflow", "run_workflow"]
 
 
 class _ServerGone(Exception):
@@ -95,7 +82,7 @@ def run_workflow(workflow: str | Path | dict, server_url: str = "http://127.0.0.
         if isinstance(reconnect_attempts, bool) or not isinstance(reconnect_attempts, int) or reconnect_attempts < 0:
             raise ValueError(f"reconnect_attempts: expected a whole number >= 0, got {reconnect_attempts!r}")
         client = ComfyClient(server_url, request_timeout_seconds)
-        out_path = _check_out_dir(out_dir)
+        out_path = check_out_dir(out_dir)
     except ValueError as error:
         print(f"error: {error}", file=err)
         return EXIT_BAD_INPUT
@@ -107,16 +94,6 @@ def run_workflow(workflow: str | Path | dict, server_url: str = "http://127.0.0.
         print("stopped by the user" + (f"; asked the server to interrupt prompt {run.prompt_id}" if run.interrupt_sent
                                        else ""), file=err)
         return EXIT_INTERRUPTED
-
-
-def _check_out_dir(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a folder this process can create and write in, checked before anything is queued: no server
-    time is spent on outputs that could not be kept. The folder itself is made by the first download."""
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise LocalWriteError(f"--out: expected a folder path, got {out_dir!r}")
-    if "\0" in os.fspath(out_dir):  # no file system takes it (and os.stat reports it as "does not exist")
-        raise LocalWriteError(f"--out {os.fspath(out_dir)!r}: expected a folder path, got one with a NUL character")
-    return check_output_path(out_dir, "--out", folder=True)
 
 
 def load_workflow(workflow: str | Path | dict) -> dict:
@@ -235,11 +212,13 @@ class _Run:
         elif outcome.status == "interrupted":
             node = outcome.details.get("node_id")
             self._note(f"error: prompt {self.prompt_id} was interrupted"
-                       + (f" at node {_label(prompt, node, outcome.details.get('node_type'))}" if node else ""))
+                       + (f" at node {node_label(prompt, node, outcome.details.get('node_type'))}" if node else ""))
         else:
             self._note(format_execution_error(outcome.details, prompt))
         self.stage = f"downloading the outputs of prompt {self.prompt_id} (it had finished)"
-        code = await self._download(outcome.outputs, prompt, expect_files=outcome.status == "success")
+        code = await download_outputs(self.client, outcome.outputs, prompt, self.out_dir,
+                                      expect_files=outcome.status == "success", bounded=self._net, note=self._note,
+                                      out=self.out)
         if outcome.status == "interrupted":
             return EXIT_INTERRUPTED
         if outcome.status != "success":
@@ -299,8 +278,8 @@ class _Run:
 
     # ---- following the execution --------------------------------------------------------------------------
 
-    async def _follow(self, display: "ProgressDisplay") -> Outcome:
-        watch = _Watch(self.prompt_id, display, self._note)
+    async def _follow(self, display: ProgressDisplay) -> Outcome:
+        watch = PromptWatch(self.prompt_id, display, self._note)
         while True:
             wait = self.idle_check_seconds if watch.status is None else min(self.idle_check_seconds, 2.0)
             try:
@@ -396,47 +375,11 @@ class _Run:
             await asyncio.sleep(self._bounded(0.05 * (attempt + 1)) or 0.0)
         return None
 
-    def _merge(self, watch: "_Watch", finished: Outcome) -> Outcome:
+    def _merge(self, watch: PromptWatch, finished: Outcome) -> Outcome:
         outputs = dict(watch.outputs)
         outputs.update(finished.outputs)
         details = finished.details or watch.details
         return Outcome(finished.status, details, outputs)
-
-    # ---- outputs ------------------------------------------------------------------------------------------
-
-    async def _download(self, outputs: dict[str, dict], prompt: dict, expect_files: bool) -> int:
-        """Fetch every output file (also after a failure: what the nodes that ran wrote is still useful). The exit
-        code is the first failure's: a local write error is bad --out, a broken connection the server's."""
-        refs = list(file_refs(outputs))
-        if not refs:
-            if expect_files:
-                self._note("the workflow produced no files")
-            return EXIT_OK
-        codes = []
-        written: set[Path] = set()
-        for node_id, ref in refs:
-            try:
-                local = local_path(self.out_dir, ref)
-            except UnsafeFileName as unsafe:
-                self._note(f"error: output of node {_label(prompt, node_id)}: {unsafe}; not written")
-                codes.append(EXIT_FAILED)
-                continue
-            if local in written:
-                continue
-            try:
-                size = await self._net(self.client.download(ref, str(local)))
-            except LocalWriteError as error:
-                self._note(f"error: --out {self.out_dir}: {error}")
-                codes.append(EXIT_BAD_INPUT)
-                continue
-            except (ServerUnavailable, ServerError) as error:
-                self._note(f"error: could not download {ref.get('filename')!r} of node "
-                           f"{_label(prompt, node_id)}: {error}")
-                codes.append(EXIT_SERVER_GONE if isinstance(error, ServerUnavailable) else EXIT_FAILED)
-                continue
-            written.add(local)
-            print(f"wrote {local} ({size} bytes, node {_label(prompt, node_id)})", file=self.out, flush=True)
-        return codes[0] if codes else EXIT_OK
 
     # ---- small helpers ------------------------------------------------------------------------------------
 
@@ -469,230 +412,3 @@ class _Run:
     def _fail(self, code: int, text: str) -> int:
         self._note(text)
         return code
-
-
-class _Watch:
-    """What the websocket has said about one prompt so far."""
-
-    def __init__(self, prompt_id: str, display: "ProgressDisplay", note=lambda text: None):
-        self.prompt_id = prompt_id
-        self.display = display
-        self.note = note
-        self.status: str | None = None
-        self.details: dict = {}
-        self.outputs: dict[str, dict] = {}
-        self.warned_progress = False
-
-    def handle(self, message: dict) -> bool:
-        """Take one message; True when the prompt is over."""
-        kind = message.get("type")
-        data = message.get("data") if isinstance(message.get("data"), dict) else {}
-        if "prompt_id" in data and str(data["prompt_id"]) != self.prompt_id:
-            return False  # another client's prompt (interruptions are broadcast)
-        if kind == "executing":
-            if data.get("node") is None:
-                return "prompt_id" in data  # the end of our prompt (a bare one is a reconnect greeting)
-            self.display.start(str(data["node"]))
-        elif kind == "progress":
-            value, maximum = data.get("value", 0), data.get("max", 0)
-            if _is_count(value) and _is_count(maximum):
-                if data.get("node") is not None:
-                    self.display.progress(str(data["node"]), value, maximum)
-            elif not self.warned_progress:  # only the bar depends on it: say so once, and keep following
-                self.warned_progress = True
-                self.note(f"warning: ignoring progress messages the server sends with a 'value' and 'max' that are "
-                          f"not numbers >= 0 (got value {value!r}, max {maximum!r})")
-        elif kind == "executed":
-            node = str(data.get("node"))
-            if isinstance(data.get("output"), dict):
-                self.outputs[node] = data["output"]
-            self.display.executed(node)
-        elif kind == "execution_cached":
-            nodes = data.get("nodes")
-            self.display.cached([str(n) for n in nodes] if isinstance(nodes, list) else [])
-        elif kind == "execution_success":
-            self.status = "success"
-        elif kind == "execution_error":
-            self.status, self.details = "error", data
-        elif kind == "execution_interrupted":
-            self.status, self.details = "interrupted", data
-        return False
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
-
-
-def outcome_from_history(entry: dict) -> Outcome:
-    """How a finished prompt ended, from its ``/history`` entry (shape checked by ``ComfyClient.history``)."""
-    status = entry.get("status") or {}
-    outputs = entry.get("outputs") or {}
-    messages = status.get("messages") or []
-    for event, data in (m for m in messages if isinstance(m, (list, tuple)) and len(m) == 2):
-        if event in ("execution_error", "execution_interrupted"):
-            return Outcome("error" if event == "execution_error" else "interrupted",
-                           data if isinstance(data, dict) else {"exception_message": str(data)}, outputs)
-    if status.get("status_str") == "error":
-        return Outcome("error", {"exception_message": "the server reports an error but gave no details"}, outputs)
-    return Outcome("success", {}, outputs)
-
-
-def file_refs(outputs: dict[str, dict]) -> Iterable[tuple[str, dict]]:
-    """``(node_id, {"filename", "subfolder", "type"})`` for every file in the nodes' UI outputs, in node order."""
-    seen = set()
-    for node_id, ui in outputs.items():
-        if not isinstance(ui, dict):
-            continue
-        for items in ui.values():
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and "filename" in item:
-                    key = repr((item.get("type") or "output", item.get("subfolder") or "", item["filename"]))
-                    if key not in seen:
-                        seen.add(key)
-                        yield node_id, item
-
-
-class UnsafeFileName(ValueError):
-    """A file name from the server that cannot be written under --out as it is."""
-
-
-# Longest file name written: the temporary name beside it (atomic writes) adds about 20 characters, and most file
-# systems stop at 255 bytes.
-MAX_NAME_BYTES = 200
-
-
-def local_path(out_dir: Path, ref: dict) -> Path:
-    """Where a server file goes under ``out_dir`` (its subfolder kept). Raises UnsafeFileName for a name that is not
-    a plain relative path inside ``out_dir`` (absolute, ``..``, empty, NUL or control characters, too long)."""
-    filename, subfolder, kind = ref.get("filename"), ref.get("subfolder") or "", ref.get("type") or "output"
-    where = f"the server's file name {filename!r} (subfolder {subfolder!r})"
-    if not isinstance(filename, str) or not isinstance(subfolder, str) or not isinstance(kind, str):
-        raise UnsafeFileName(f"{where}: expected text for 'filename', 'subfolder' and 'type', got "
-                             f"{type(filename).__name__}, {type(subfolder).__name__} and {type(kind).__name__}")
-    folders = [p for p in subfolder.replace("\\", "/").split("/") if p not in ("", ".")]
-
-    def why_not(part: str) -> str | None:
-        if part in ("", ".", ".."):
-            return f"{part!r} is not a file name" if part != ".." else "'..' would leave the output folder"
-        if any(ord(c) < 32 or ord(c) == 127 for c in part):
-            return "it holds a NUL or control character"
-        if "/" in part or "\\" in part or (os.name == "nt" and ":" in part):
-            return "a file name cannot hold a path separator or a drive"
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-            return f"a name is longer than {MAX_NAME_BYTES} bytes"
-        return None
-
-    if subfolder.replace("\\", "/").startswith("/") or PureWindowsPath(subfolder).drive:
-        raise UnsafeFileName(f"{where}: an absolute subfolder would leave the output folder")
-    for part in folders + [filename]:
-        reason = why_not(part)
-        if reason:
-            raise UnsafeFileName(f"{where}: {reason}")
-    path = out_dir.joinpath(*folders, filename)
-    root = os.path.normpath(os.path.abspath(out_dir))
-    if os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) != root:  # a last, lexical check
-        raise UnsafeFileName(f"{where}: it would leave the output folder")
-    return path
-
-
-def format_rejection(body: Any, prompt: dict) -> str:
-    """A readable message for a 400 from ``POST /prompt``: the error, then one line per node error and input."""
-    if not isinstance(body, dict):
-        return f"error: the server rejected the prompt: {str(body)[:1000]}"
-    error = body.get("error") if isinstance(body.get("error"), dict) else {"message": str(body.get("error"))}
-    node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), dict) else {}
-    lines = [f"error: the server rejected the prompt: {error.get('message') or error.get('type') or 'invalid prompt'}"]
-    if not node_errors and error.get("details"):
-        lines[0] += f" ({error['details']})"
-    for node_id, entry in node_errors.items():
-        entry = entry if isinstance(entry, dict) else {}
-        label = _label(prompt, str(node_id), entry.get("class_type"))
-        for item in entry.get("errors") or []:
-            item = item if isinstance(item, dict) else {"message": str(item)}
-            input_name = (item.get("extra_info") or {}).get("input_name")
-            where = f"node {label}" + (f", input {input_name!r}" if input_name else "")
-            details = str(item.get("details") or "")
-            text = item.get("message") or item.get("type") or "invalid"
-            if details and details != input_name:
-                text += f" ({details[:300]}{'…' if len(details) > 300 else ''})"
-            lines.append(f"  {where}: {text}")
-    return "\n".join(lines)
-
-
-def format_execution_error(details: dict, prompt: dict) -> str:
-    """A readable message for an ``execution_error``: node id, class and the exception, then the server's
-    traceback."""
-    node_id = details.get("node_id")
-    label = _label(prompt, str(node_id), details.get("node_type")) if node_id is not None else "?"
-    exception = details.get("exception_type")
-    message = details.get("exception_message") or "unknown error"
-    lines = []
-    traceback = details.get("traceback")
-    if isinstance(traceback, list) and traceback:  # first, so that the summary is the last thing on the screen
-        lines.append("server traceback:")
-        lines += ["  " + str(line).rstrip("\n").replace("\n", "\n  ") for line in traceback]
-    lines.append(f"error: node {label} failed: {f'{exception}: ' if exception else ''}{str(message).strip()}")
-    return "\n".join(lines)
-
-
-def _label(prompt: dict, node_id: Any, class_type: str | None = None) -> str:
-    node = prompt.get(str(node_id)) if isinstance(prompt, dict) else None
-    class_type = class_type or (node or {}).get("class_type")
-    if not class_type:  # a node the server made up (an expanded node group) or one the prompt lacks
-        return str(node_id)
-    title = ((node or {}).get("_meta") or {}).get("title")
-    return f"{node_id} ({class_type}{f', {title!r}' if title and title != class_type else ''})"
-
-
-class ProgressDisplay:
-    """One tqdm bar per node that reports progress; a line when a node starts."""
-
-    def __init__(self, prompt: dict, stream: TextIO, enabled: bool = True):
-        self.prompt = prompt
-        self.stream = stream
-        self.enabled = enabled
-        self.bar = None
-        self.bar_node: str | None = None
-
-    def start(self, node: str) -> None:
-        self._close_bar()
-        self._write(f"running node {_label(self.prompt, node)}")
-
-    def progress(self, node: str, value: float, maximum: float) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self.bar_node != node:
-            self._close_bar()
-            class_type = (self.prompt.get(node) or {}).get("class_type")
-            self.bar = tqdm(total=maximum or None, desc=f"node {node}" + (f" {class_type}" if class_type else ""),
-                            unit="step", file=self.stream, leave=True, dynamic_ncols=True, mininterval=0.2)
-            self.bar_node = node
-        if maximum and self.bar.total != maximum:
-            self.bar.total = maximum
-        self.bar.n = value
-        self.bar.refresh()
-
-    def executed(self, node: str) -> None:
-        if self.bar_node == node:
-            self._close_bar()
-
-    def cached(self, nodes: list[str]) -> None:
-        if nodes:
-            self._write(f"cached (not run again): {', '.join(nodes)}")
-
-    def close(self) -> None:
-        self._close_bar()
-
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar, self.bar_node = None, None
-
-    def _write(self, text: str) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        tqdm.write(text, file=self.stream)

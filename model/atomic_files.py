@@ -121,6 +121,8 @@ def check_output_path(path: str | os.PathLike | None, what: str, *, folder: bool
     kind = "folder" if folder else "file"
     if not str(text).strip():
         raise OutputPathError(f"{what}: expected a {kind} path, got {text!r}")
+    if "\0" in str(text):  # no file system takes it, and Path.exists() answers False instead of failing
+        raise OutputPathError(f"{what} {text!r}: expected a {kind} path, got one with a NUL character")
     target = Path(text)
     if folder:
         if target.exists() and not target.is_dir():

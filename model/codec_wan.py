@@ -30,6 +30,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from .codec import VideoCodec
 from .safetensors_io import CheckpointError, describe_key_mismatch, load_weights, read_header, shape_of
+from .tiled_decode import decode_tiled
 
 WAN22_LATENT_CHANNELS = 48
 WAN22_FPS = 24.0     # Wan2.2 TI2V-5B and Ovi generate at 24 frames per second (121 frames = 5 s)
@@ -268,44 +269,6 @@ def check_wan22_vae(shapes: Mapping[str, Sequence[int]], path: str, vae_config: 
     return vae, rename
 
 
-# ------------------------------------------------------------------------------------------- tiling
-
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start indices of the fewest tiles of ``tile`` positions that cover ``[0, length)`` with neighbours sharing at
-    least ``overlap`` positions; spread evenly, the first starting at 0 and the last ending at ``length``."""
-    if length <= tile:
-        return [0]
-    count = 1 + -(-(length - tile) // (tile - overlap))
-    return [round(k * (length - tile) / (count - 1)) for k in range(count)]
-
-
-def _edge_ramp(overlap_px: int, device) -> torch.Tensor:
-    """Weights [overlap_px] of the tile that enters a shared strip, from the strip's outer edge inwards.
-
-    The outer quarter is 0: those pixels were decoded next to the tile's border, where the decoder saw zero padding
-    instead of the neighbour's content. The middle half rises linearly, the last quarter is 1. The leaving tile
-    gets the mirror image, so the two weights sum to 1 across the strip.
-    """
-    margin = overlap_px // 4
-    ramp = torch.zeros(overlap_px, device=device)
-    rising = overlap_px - 2 * margin
-    ramp[margin:margin + rising] = (torch.arange(rising, device=device) + 0.5) / rising
-    ramp[margin + rising:] = 1.0
-    return ramp
-
-
-def _tile_weights(starts: list[int], index: int, tile: int, scale: int, device) -> torch.Tensor:
-    """Blending weights [tile * scale] (pixels) of tile ``index`` along one axis."""
-    weights = torch.ones(tile * scale, device=device)
-    if index > 0:
-        shared = (starts[index - 1] + tile - starts[index]) * scale
-        weights[:shared] = _edge_ramp(shared, device)
-    if index + 1 < len(starts):
-        shared = (starts[index] + tile - starts[index + 1]) * scale
-        weights[tile * scale - shared:] = _edge_ramp(shared, device).flip(0)
-    return weights
-
-
 # ------------------------------------------------------------------------------------------- the codec
 
 class WanVideoCodec(VideoCodec):
@@ -433,35 +396,9 @@ class WanVideoCodec(VideoCodec):
         raw = self.denormalize(latent.to(param.device)).to(param.dtype)
         tile = self.tile_px // self.spatial_stride
         if self.tiled and max(raw.shape[-2:]) > tile:
-            pixels = self._decode_tiled(raw)
+            pixels = decode_tiled(lambda part: self.vae.decode(part).sample.float(), raw, tile,
+                                  self.tile_overlap_px // self.spatial_stride, self.spatial_stride)
         else:
             pixels = self.vae.decode(raw).sample.float()                    # [B, 3, F, H, W] in -1..1
         frames = (pixels.permute(0, 2, 3, 4, 1) + 1.0) / 2.0
         return frames.clamp(0.0, 1.0).to(latent.device)
-
-    def _decode_tiled(self, raw: torch.Tensor) -> torch.Tensor:
-        """raw latent [B, Cv, Fv, Hv, Wv] -> pixels [B, 3, F, 16 Hv, 16 Wv] in -1..1, one spatial tile at a time.
-
-        Tiles overlap; in each shared strip the outer quarter of either tile (decoded next to its border) is dropped
-        and the middle half cross-fades, so a pixel only takes values decoded with at least a quarter strip of real
-        context around it.
-        """
-        s = self.spatial_stride
-        tile, overlap = self.tile_px // s, self.tile_overlap_px // s
-        b, _, fv, hv, wv = raw.shape
-        rows, cols = _tile_starts(hv, tile, overlap), _tile_starts(wv, tile, overlap)
-        tile_h, tile_w = min(tile, hv), min(tile, wv)
-        out = None
-        weight_sum = torch.zeros(hv * s, wv * s, device=raw.device)
-        for i, y in enumerate(rows):
-            weight_y = _tile_weights(rows, i, tile_h, s, raw.device)
-            for j, x in enumerate(cols):
-                weight_x = _tile_weights(cols, j, tile_w, s, raw.device)
-                pixels = self.vae.decode(raw[..., y:y + tile_h, x:x + tile_w]).sample.float()
-                if out is None:
-                    out = torch.zeros(b, pixels.shape[1], pixels.shape[2], hv * s, wv * s, device=raw.device)
-                weights = weight_y[:, None] * weight_x[None, :]             # [tile_h * s, tile_w * s]
-                py, px = slice(y * s, (y + tile_h) * s), slice(x * s, (x + tile_w) * s)
-                out[..., py, px] += pixels * weights
-                weight_sum[py, px] += weights
-        return out / weight_sum

@@ -157,13 +157,12 @@ def embedded_sync_lora_path() -> Path:
 def build_embedded_sync_tuned(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                               operations=None) -> AVPipeline:
     """The embedded default with its shipped sync LoRA merged at full strength on every tower the file adapts."""
-    from .lora import apply_lora, check_lora_fits, load_lora
+    from .lora import apply_lora, load_lora
 
     lora_path = embedded_sync_lora_path()
     pipeline = build_embedded_default(device=device, dtype=dtype, operations=operations)
     tensors, _ = load_lora(lora_path)
-    check_lora_fits(pipeline.model, tensors, where=lora_path.name)
-    apply_lora(pipeline.model, tensors)
+    apply_lora(pipeline.model, tensors, where=lora_path.name)
     pipeline.name = "embedded-default-sync"
     return pipeline
 

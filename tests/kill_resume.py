@@ -4,8 +4,8 @@
 
 A training process (the DPO trainer on the embedded default, or ``train-default``'s trainer on a small batch, both
 saving every step) runs once straight to the end. Then the same run is started in another folder and killed with
-SIGKILL ``--kills`` times: half of the kills at a random moment of the run (start-up, a step, a save), half as soon
-as a save is seen in progress (its temporary file appears). After every kill the script checks that what is on disk
+SIGKILL ``--kills`` times, in turn at a random moment of start-up, at a random moment within the first steps, and as
+soon as a save after the first step is seen in progress (its temporary file appears). After every kill the script checks that what is on disk
 loads: the training checkpoint (with its optimizer and EMA state), the LoRA and the LoRA published beside it (DPO),
 and that the published LoRA is never behind the checkpoint by more than one save. Each time the same command is
 started again and resumes. After the last kill it runs to the end, and the finished weights must equal the straight
@@ -105,10 +105,25 @@ def start(trainer: str, out_dir: Path, steps: int, save_every: int = 1) -> subpr
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen, what: str) -> None:
-    out, err = process.communicate(timeout=600)
+def finish(process: subprocess.Popen, what: str) -> float:
+    """Wait for the process to end well; returns the seconds from now to its first completed step."""
+    started = time.monotonic()
+    first_step_s = None
+    for line in process.stdout:
+        if first_step_s is None and line.startswith("step "):
+            first_step_s = time.monotonic() - started
+    err = process.stderr.read()
+    process.wait(timeout=600)
     if process.returncode != 0:
         raise SystemExit(f"{what}: the training process failed (exit {process.returncode}):\n{err[-3000:]}")
+    return first_step_s or 0.0
+
+
+def wait_for_a_step(process: subprocess.Popen) -> None:
+    """Read the process's output until it reports a completed step (or ends)."""
+    for line in process.stdout:
+        if line.startswith("step "):
+            return
 
 
 def kill_during_save(process: subprocess.Popen, out_dir: Path, deadline_s: float) -> None:
@@ -119,7 +134,6 @@ def kill_during_save(process: subprocess.Popen, out_dir: Path, deadline_s: float
         if set(temporaries(out_dir)) - before:
             break
         time.sleep(0.0005)
-    process.send_signal(signal.SIGKILL)
 
 
 def run(kills: int, trainer: str, steps: int, seed: int, work: Path) -> dict:
@@ -129,9 +143,11 @@ def run(kills: int, trainer: str, steps: int, seed: int, work: Path) -> dict:
     began = time.monotonic()
     straight_dir, killed_dir = work / "straight", work / "killed"
     started = time.monotonic()
-    finish(start(trainer, straight_dir, steps), "straight run")
+    start_up_s = finish(start(trainer, straight_dir, steps), "straight run")
     straight_s = time.monotonic() - started
-    print(f"# straight run: {steps} steps in {straight_s:.1f} s", flush=True)
+    step_s = (straight_s - start_up_s) / max(1, steps - 1)
+    print(f"# straight run: {steps} steps in {straight_s:.1f} s (first step after {start_up_s:.1f} s, then "
+          f"{step_s:.2f} s a step)", flush=True)
     reference = final_tensors(trainer, straight_dir)
 
     during_save = loads_ok = resumes = 0
@@ -139,13 +155,22 @@ def run(kills: int, trainer: str, steps: int, seed: int, work: Path) -> dict:
         process = start(trainer, killed_dir, steps)
         resumes += (killed_dir / CHECKPOINT).exists()
         leftovers = set(temporaries(killed_dir))
-        if kill % 2 == 0:
-            time.sleep(rng.uniform(0.0, straight_s))
-            process.send_signal(signal.SIGKILL)
-            how = "random moment"
+        # Three kinds of moment in turn, each random within its span: during start-up (loading the checkpoint),
+        # during the steps (within three steps of the first one), during the save of a step after the first. Each
+        # life of the process moves the run on by a few steps at most, so it outlives the kills.
+        kind = kill % 3
+        if kind == 0:
+            time.sleep(rng.uniform(0.0, start_up_s))
+            how = "at a random moment of start-up"
+        elif kind == 1:
+            wait_for_a_step(process)
+            time.sleep(rng.uniform(0.0, 3 * step_s))
+            how = "at a random moment of the steps"
         else:
+            wait_for_a_step(process)
             kill_during_save(process, killed_dir, straight_s)
-            how = "during a save"
+            how = "in the next save"
+        process.send_signal(signal.SIGKILL)
         process.communicate(timeout=600)
         finished = process.returncode == 0
         in_save = bool(set(temporaries(killed_dir)) - leftovers)
@@ -174,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs before the run may finish (default 20)")
     parser.add_argument("--trainer", choices=tuple(FINAL_FILES), default="dpo")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: kills + 6)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 2 x kills + 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a "
                                                                 "temporary folder, removed)")
@@ -182,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-every", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("out_dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    steps = args.steps or args.kills + 6
+    steps = args.steps or 2 * args.kills + 6
     if args.child:
         child(args.trainer, args.out_dir, steps, args.save_every)
         return 0

@@ -29,18 +29,16 @@ a cache miss; a hit reads no video at all). ``dataset.batches(step, generator)``
 drawn from ``seed`` and the epoch number, so step ``k`` always gets the same clips (resuming is exact).
 
 Everything is built outside ``torch.inference_mode`` (ComfyUI runs nodes inside it), so the cached tensors can be
-used by training code.
+used by training code. Which files are clips (and why others are skipped) is ``train.clip_folder``; the cache files
+and their keys are ``train.latent_cache``; their public names are importable from here as well.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import numbers
 import os
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -48,39 +46,15 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from ..model.media_io import ClipSkipped, cover_size, decode_clip
-from ..model.safetensors_io import load_tensors, read_header, save_tensors_atomic
+from .clip_folder import (MAX_CAPTION_BYTES, VIDEO_EXTENSIONS, AVDatasetError, ClipFile, SkippedClip, error_detail,
+                          scan_clip_folder)
 from .flow_loss import AVBatch
+from .latent_cache import CACHE_FORMAT, LatentCacheFiles, codec_identity, encode_captions, text_encoder_fingerprint
 
 log = logging.getLogger(__name__)
 
 __all__ = ["VIDEO_EXTENSIONS", "CACHE_FORMAT", "MAX_CAPTION_BYTES", "AVDatasetError", "ClipSkipped", "SkippedClip",
            "ClipFile", "DecodedClip", "decode_clip", "resize_crop", "AVClipDataset"]
-
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
-CACHE_FORMAT = "comfyui-syncav clip latents v2"   # v2: frames scaled by libswscale, audio downmix
-TEXT_BATCH = 16            # captions per text-encoder call
-MAX_CAPTION_BYTES = 64 * 1024   # a caption, not a document: a bigger .txt is a mistake (and would bloat cache keys)
-
-
-class AVDatasetError(ValueError):
-    """A dataset folder that cannot be used at all (missing, empty, or every clip skipped); names the reasons."""
-
-
-class SkippedClip(NamedTuple):
-    name: str                  # the file name, e.g. "clip_003.mp4"
-    reason: str                # e.g. "no audio track"
-
-
-@dataclass(frozen=True)
-class ClipFile:
-    path: Path
-    caption: str
-    size: int                  # bytes
-    mtime_ns: int
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
 
 class DecodedClip(NamedTuple):
@@ -127,13 +101,6 @@ def _size_pair(size_px) -> tuple[int, int]:
     return pair
 
 
-def _error_detail(error: BaseException) -> str:
-    """"Kind: what went wrong" in one line, without the file's path (the skip names the file already)."""
-    detail = getattr(error, "strerror", None) or str(error)
-    detail = detail.strip().splitlines()[0] if detail.strip() else ""
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
-
-
 def _check_positive(name: str, value, expected: str) -> None:
     """A finite number > 0 (nan, inf, bools and text are refused before any file is read)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
@@ -146,20 +113,6 @@ def _codec_frames(video_codec, wanted: int) -> int:
     if video_codec.causal_first_frame:
         return video_codec.num_frames(max(1, round((wanted - 1) / stride) + 1))
     return video_codec.num_frames(max(1, round(wanted / stride)))
-
-
-def _fingerprint_text_encoder(text_encoder) -> str:
-    """A cheap identity of a text encoder's weights: the hash of one probe encoding (a changed encoder is a miss)."""
-    with torch.no_grad():
-        probe = text_encoder.encode(["syncav latent cache probe"]).embeddings
-    data = probe.detach().float().cpu().contiguous().numpy().tobytes()
-    return f"{type(text_encoder).__name__}:{hashlib.sha1(data).hexdigest()[:16]}"
-
-
-def _codec_identity(codec) -> dict:
-    keys = ("fps", "latent_channels", "temporal_stride", "spatial_stride", "sample_rate", "samples_per_latent",
-            "audio_channels")
-    return {"type": type(codec).__name__, **{k: getattr(codec, k) for k in keys if hasattr(codec, k)}}
 
 
 class AVClipDataset:
@@ -229,7 +182,9 @@ class AVClipDataset:
         self._empty_text: tuple[torch.Tensor, int] | None = None
         self._epochs: dict[int, list[int]] = {}
 
-        candidates = self._scan()
+        candidates, skipped = scan_clip_folder(self.folder)
+        for entry in skipped:
+            self._skip(entry.name, entry.reason)
         with torch.inference_mode(False), torch.no_grad():
             if self.video_codec is None:
                 self._check_media(candidates, progress)
@@ -263,72 +218,6 @@ class AVClipDataset:
         self.skipped.append(SkippedClip(name, reason))
         log.warning("SyncAV dataset: skipping %s: %s", name, reason)
 
-    def _scan(self) -> list[ClipFile]:
-        expected = f"a folder of video clips ({', '.join(VIDEO_EXTENSIONS)}) with same-name .txt captions"
-        if not self.folder.exists():
-            raise AVDatasetError(f"folder: {str(self.folder)!r} does not exist (expected {expected})")
-        if not self.folder.is_dir():
-            raise AVDatasetError(f"folder: {str(self.folder)!r} is a file, not a folder (expected {expected})")
-        try:
-            entries = sorted(path for path in self.folder.iterdir() if not path.name.startswith("."))
-        except OSError as error:
-            raise AVDatasetError(f"folder: cannot list {str(self.folder)!r} ({_error_detail(error)}); expected "
-                                 f"{expected}") from None
-        video_stems = {path.stem for path in entries if path.suffix.lower() in VIDEO_EXTENSIONS}
-        found = []
-        for path in entries:
-            if path.suffix == ".txt" and path.stem not in video_stems:
-                self._skip(path.name, f"a caption without a video (no {path.stem} with a video extension, "
-                                      f"{'/'.join(VIDEO_EXTENSIONS)}, beside it)")
-                continue
-            if path.suffix.lower() not in VIDEO_EXTENSIONS:
-                continue
-            if not path.is_file():
-                self._skip(path.name, "not a readable file (a folder, or a link to nothing)")
-                continue
-            caption = self._read_caption(path)
-            if caption is None:
-                continue
-            try:
-                stat = path.stat()
-            except OSError as error:
-                self._skip(path.name, f"unreadable ({_error_detail(error)})")
-                continue
-            found.append(ClipFile(path, caption, stat.st_size, stat.st_mtime_ns))
-        if not found and not self.skipped:
-            raise AVDatasetError(f"folder: no video files in {str(self.folder)!r} (expected {expected})")
-        return found
-
-    def _read_caption(self, video: Path) -> str | None:
-        """The clip's caption (UTF-8, a byte-order mark allowed, stripped), or None after a skip naming why not."""
-        path = video.with_suffix(".txt")
-        try:
-            if not path.is_file():
-                self._skip(video.name, f"no caption file {path.name}")
-                return None
-            size = path.stat().st_size
-            if size > MAX_CAPTION_BYTES:
-                self._skip(video.name, f"caption file {path.name} holds {size} bytes, expected a caption of at most "
-                                       f"{MAX_CAPTION_BYTES} bytes")
-                return None
-            raw = path.read_bytes()
-        except OSError as error:
-            self._skip(video.name, f"cannot read the caption file {path.name} ({_error_detail(error)})")
-            return None
-        try:
-            caption = raw.decode("utf-8-sig").strip()
-        except UnicodeDecodeError as error:
-            self._skip(video.name, f"caption file {path.name} is not UTF-8 text (byte 0x{raw[error.start]:02x} at "
-                                   f"position {error.start}); save it as UTF-8")
-            return None
-        if "\x00" in caption:
-            self._skip(video.name, f"caption file {path.name} holds binary data (NUL bytes), expected text")
-            return None
-        if not caption:
-            self._skip(video.name, f"caption file {path.name} is empty, expected the clip's description")
-            return None
-        return caption
-
     def _progress(self, progress, total: int):
         """-> (step(index), close())."""
         if callable(progress):
@@ -352,7 +241,7 @@ class AVClipDataset:
         except ClipSkipped as reason:
             self._skip(clip.name, str(reason))
         except Exception as error:  # noqa: BLE001 - any decoder failure means this one file is unusable
-            self._skip(clip.name, f"unreadable ({_error_detail(error)})")
+            self._skip(clip.name, f"unreadable ({error_detail(error)})")
         return None
 
     def _check_media(self, candidates: list[ClipFile], progress) -> None:
@@ -370,62 +259,19 @@ class AVClipDataset:
     def _settings_key(self) -> dict:
         return {"format": CACHE_FORMAT, "num_frames": self.num_frames, "fps": self.fps, "size": list(self.size),
                 "sample_rate_hz": self.sample_rate_hz, "num_samples": self.num_samples,
-                "audio_channels": self.audio_channels, "video_codec": _codec_identity(self.video_codec),
-                "audio_codec": _codec_identity(self.audio_codec), "text_encoder": self._text_identity}
-
-    def _cache_key(self, clip: ClipFile) -> str:
-        key = {"file": clip.name, "size": clip.size, "mtime_ns": clip.mtime_ns, "caption": clip.caption,
-               **self._settings_key()}
-        return json.dumps(key, sort_keys=True)
-
-    def _cache_path(self, clip: ClipFile, key: str) -> Path:
-        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{clip.name}.{digest}.safetensors"
-
-    def _read_cache(self, clip: ClipFile, key: str) -> dict[str, torch.Tensor] | None:
-        if self.cache_dir is None:
-            return None
-        path = self._cache_path(clip, key)
-        if not path.is_file():
-            return None
-        try:
-            _, metadata = read_header(path)
-            if metadata.get("key") != key:
-                return None
-            tensors = load_tensors(path)
-            if set(tensors) != {"video", "audio", "text", "text_length"}:
-                return None
-            return tensors
-        except Exception as error:  # noqa: BLE001 - a broken cache file is only a miss
-            log.warning("SyncAV dataset: ignoring unreadable cache file %s (%s)", path.name, error)
-            return None
-
-    def _write_cache(self, clip: ClipFile, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        if self.cache_dir is None:
-            return
-        try:
-            save_tensors_atomic(tensors, self._cache_path(clip, key), {"key": key, "clip": clip.name})
-        except OSError as error:
-            log.warning("SyncAV dataset: could not write the latent cache for %s to %s (%s); keeping it in memory "
-                        "only", clip.name, self.cache_dir, error)
-
-    def _encode_text(self, captions: list[str]) -> list[tuple[torch.Tensor, int]]:
-        rows = []
-        for begin in range(0, len(captions), TEXT_BATCH):
-            encoded = self.text_encoder.encode(captions[begin:begin + TEXT_BATCH])
-            for embedding, length in zip(encoded.embeddings, encoded.lengths):
-                rows.append((embedding.float().cpu().clone(), int(length)))
-        return rows
+                "audio_channels": self.audio_channels, "video_codec": codec_identity(self.video_codec),
+                "audio_codec": codec_identity(self.audio_codec), "text_encoder": self._text_identity}
 
     def _build_cache(self, candidates: list[ClipFile], progress) -> None:
-        self._text_identity = _fingerprint_text_encoder(self.text_encoder)
+        self._text_identity = text_encoder_fingerprint(self.text_encoder)
+        cache = LatentCacheFiles(self.cache_dir, self._settings_key())
         step, close = self._progress(progress, len(candidates))
         entries: list[tuple[ClipFile, dict[str, torch.Tensor] | None, str]] = []
         media: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         try:
             for i, clip in enumerate(candidates):
-                key = self._cache_key(clip)
-                cached = self._read_cache(clip, key)
+                key = cache.key(clip)
+                cached = cache.read(clip, key)
                 if cached is not None:
                     self.cache_hits += 1
                     entries.append((clip, cached, key))
@@ -442,13 +288,13 @@ class AVClipDataset:
             close()
         # Captions of the clips that missed, in batches.
         missing = [index for index, (_, cached, _) in enumerate(entries) if cached is None]
-        texts = self._encode_text([entries[index][0].caption for index in missing])
+        texts = encode_captions(self.text_encoder, [entries[index][0].caption for index in missing])
         for index, (text, length) in zip(missing, texts):
             clip, _, key = entries[index]
             video, audio = media.pop(index)
             tensors = {"video": video, "audio": audio, "text": text,
                        "text_length": torch.tensor(length, dtype=torch.int64)}
-            self._write_cache(clip, key, tensors)
+            cache.write(clip, key, tensors)
             entries[index] = (clip, tensors, key)
         if not entries:
             return
@@ -464,7 +310,7 @@ class AVClipDataset:
             "text": torch.stack([padded(t["text"]) for _, t, _ in entries]),
             "text_length": torch.stack([t["text_length"].reshape(()) for _, t, _ in entries]),
         }
-        empty, length = self._encode_text([""])[0]
+        empty, length = encode_captions(self.text_encoder, [""])[0]
         self._empty_text = (padded(empty), length)
 
     # ---- access -------------------------------------------------------------------------------------------
