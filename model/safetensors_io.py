@@ -189,12 +189,9 @@ def check_weights(tensors: Mapping[str, torch.Tensor], where: str) -> None:
                                   "point")
         bad = count_non_finite(tensor)
         if bad:
-            raise CheckpointError(_non_finite_message(where, key, bad, tensor.numel()))
-
-
-def _non_finite_message(where, key: str, bad: int, numel: int) -> str:
-    return (f"{where}: tensor {key!r} holds {bad} NaN/inf values (of {numel}); expected finite weights (a corrupted "
-            "file, or saved from a training run that diverged)")
+            raise CheckpointError(f"{where}: tensor {key!r} holds {bad} NaN/inf values (of {tensor.numel()}); "
+                                  "expected finite weights (a corrupted file, or saved from a training run that "
+                                  "diverged)")
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -213,9 +210,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu",
                               f"weights are stored as {', '.join(FLOAT_DTYPES)}")
     tensors = {}
     for key, tensor in _tensors(path, device):
-        bad = count_non_finite(tensor)
-        if bad:
-            raise CheckpointError(_non_finite_message(path, key, bad, tensor.numel()))
+        check_weights({key: tensor}, path)
         tensors[key] = cast(key, tensor) if cast is not None else tensor
     return tensors
 
