@@ -6,8 +6,8 @@ needs ComfyUI: nodes/ imports ComfyUI's modules lazily, inside the functions tha
 """
 
 if __package__:
-    # Before anything computes: MKL fixes its summation mode at its first product (model/reproducible_blas.py).
-    from .model.reproducible_blas import enable_reproducible_blas
+    # Before anything computes: MKL fixes its summation mode at its first product (runtime/reproducible_blas.py).
+    from .runtime.reproducible_blas import enable_reproducible_blas
 
     enable_reproducible_blas()
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS

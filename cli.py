@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-# Ovi variants the generate command loads (model/ovi_variants.py; kept literal so --help needs no torch import).
+# Ovi variants the generate command loads (ovi/variants.py; kept literal so --help needs no torch import).
 OVI_VARIANT_KEYS = ("720x720_5s", "960x960_5s", "960x960_10s", "720x720_5s_fp8")
 
 
@@ -159,7 +159,7 @@ def _lora_file(args):
     """The file --lora names (the shipped sync LoRA for 'embedded-sync'), or None without --lora."""
     if args.lora is None:
         return None
-    from .model.pipeline import EMBEDDED_SYNC_LORA_NAME, embedded_sync_lora_path
+    from .generation.pipeline import EMBEDDED_SYNC_LORA_NAME, embedded_sync_lora_path
 
     return embedded_sync_lora_path() if args.lora == EMBEDDED_SYNC_LORA_NAME else args.lora
 
@@ -169,8 +169,8 @@ def _load_lora_arg(args):
     path = _lora_file(args)
     if path is None:
         return None
-    from .model.lora import load_lora
-    from .model.safetensors_io import CheckpointError
+    from .runtime.lora import load_lora
+    from .files.safetensors_io import CheckpointError
 
     try:
         tensors, _ = load_lora(path)
@@ -183,7 +183,7 @@ def _apply_lora_arg(pipeline, args, tensors) -> None:
     """Merge the --lora tensors into the pipeline's model (its own copy: the CLI builds a fresh pipeline per run)."""
     if tensors is None:
         return
-    from .model.lora import apply_lora
+    from .runtime.lora import apply_lora
 
     apply_lora(pipeline.model, tensors, strength_video=args.lora_strength_video,
                strength_audio=args.lora_strength_audio, where=f"--lora {args.lora}")
@@ -191,7 +191,7 @@ def _apply_lora_arg(pipeline, args, tensors) -> None:
 
 def _shipped_files() -> dict:
     """The embedded default's shipped files: every run reads them, so no output may replace one."""
-    from .model.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_SYNC_LORA_FILE, EMBEDDED_TEXT_FILE
+    from .generation.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_SYNC_LORA_FILE, EMBEDDED_TEXT_FILE
 
     return {"shipped weights": EMBEDDED_MODEL_FILE, "shipped text encoder": EMBEDDED_TEXT_FILE,
             "shipped sync LoRA": EMBEDDED_SYNC_LORA_FILE}
@@ -199,8 +199,8 @@ def _shipped_files() -> dict:
 
 def _build_ovi(args):
     """The Ovi pipeline of --model from --models-dir, with UMT5 from its text_encoders folder."""
-    from .model.ovi_pipeline import build_ovi_pipeline, default_models_dir
-    from .model.ovi_variants import find_text_encoder_files, find_variant_files, folder_tree_finder, get_variant
+    from .ovi.pipeline import build_ovi_pipeline, default_models_dir
+    from .ovi.variants import find_text_encoder_files, find_variant_files, folder_tree_finder, get_variant
 
     variant = get_variant(args.model)
     models_dir = args.models_dir or default_models_dir()
@@ -216,11 +216,11 @@ def _build_ovi(args):
 def _generate(args) -> int:
     import torch
 
-    from .model.atomic_files import check_output_path
-    from .model.generate import check_generation_args, generate_clip, resolve_device
-    from .model.media_io import write_mp4
-    from .model.pipeline import build_embedded_default
-    from .model.sync_cfg import SyncCFGGuidance
+    from .files.atomic import check_output_path
+    from .generation.generate import check_generation_args, generate_clip, resolve_device
+    from .files.media_io import write_mp4
+    from .generation.pipeline import build_embedded_default
+    from .guidance.sync_cfg import SyncCFGGuidance
 
     started = time.perf_counter()
     # Everything that can be checked without the model, before it is loaded (an Ovi load takes minutes).
@@ -239,14 +239,14 @@ def _generate(args) -> int:
     if args.model == "embedded":
         pipeline = build_embedded_default(device=args.device)
         if args.blocks_on_gpu is not None:
-            from .model.block_swap import enable_block_swap
+            from .runtime.block_swap import enable_block_swap
 
             enable_block_swap(pipeline.model.cpu(), args.blocks_on_gpu, args.device)
         seconds, width, height = 2.0, 32, 32
         prompt, audio_prompt = args.prompt, (args.audio_prompt or args.sound or None)
         video_negative = audio_negative = args.negative or ""
     else:
-        from .model.ovi_prompt import build_ovi_prompt
+        from .ovi.prompt import build_ovi_prompt
 
         _check_ovi_clip_memory(args)
         pipeline = _build_ovi(args)
@@ -274,8 +274,8 @@ def _generate(args) -> int:
 
 def _check_ovi_clip_memory(args) -> None:
     """An Ovi clip's frames must fit in memory: checked from the variant's rates before its weights load."""
-    from .model.generate import check_fits_memory, clip_host_bytes
-    from .model.ovi_variants import get_variant
+    from .generation.generate import check_fits_memory, clip_host_bytes
+    from .ovi.variants import get_variant
 
     variant = get_variant(args.model)
     seconds = args.seconds if args.seconds is not None else variant.seconds
@@ -286,8 +286,8 @@ def _check_ovi_clip_memory(args) -> None:
 
 
 def _bouncebench(args) -> int:
-    from .model.atomic_files import check_output_path
-    from .train.bouncebench import VARIANTS, split_seeds, write_dataset
+    from .files.atomic import check_output_path
+    from .bouncebench.clips import VARIANTS, split_seeds, write_dataset
 
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
@@ -339,11 +339,11 @@ def _train_default(args) -> int:
 
 
 def _eval(args) -> int:
-    from .model.atomic_files import check_output_path
-    from .model.generate import check_generation_args, resolve_device
-    from .model.sync_cfg import SyncCFGGuidance
-    from .train.bouncebench import VARIANTS, split_seeds
-    from .train.evaluation import evaluate_bouncebench, format_table, write_json_atomic
+    from .files.atomic import check_output_path
+    from .generation.generate import check_generation_args, resolve_device
+    from .guidance.sync_cfg import SyncCFGGuidance
+    from .bouncebench.clips import VARIANTS, split_seeds
+    from .bouncebench.evaluation import evaluate_bouncebench, format_table, write_json_atomic
 
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
@@ -373,7 +373,7 @@ def _eval(args) -> int:
     check_output_path(args.json, "--json", parent_must_exist=True,
                       inputs={"--lora": _lora_file(args), **_shipped_files()})
 
-    from .model.pipeline import build_embedded_default
+    from .generation.pipeline import build_embedded_default
 
     pipeline = build_embedded_default(device=args.device)
     _apply_lora_arg(pipeline, args, lora)
@@ -387,8 +387,8 @@ def _eval(args) -> int:
 
 
 def _convert(args) -> int:
-    from .model.atomic_files import check_output_path
-    from .model.convert_checkpoint import convert_checkpoint
+    from .files.atomic import check_output_path
+    from .ovi.convert import convert_checkpoint
 
     check_output_path(args.output, "output", suffixes=(".safetensors",), inputs={"input": args.input})
     report = convert_checkpoint(args.input, args.output, kind=args.kind)

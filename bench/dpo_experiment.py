@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
-from comfyui_syncav.train.temporal_negatives import FAMILIES
+from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
+from comfyui_syncav.negatives.rules import FAMILIES
 
 MAIN_RUNS = ("base", "sft", "dpo")
 GUIDANCE = {  # name -> (text scale, sync scale)
@@ -99,7 +99,7 @@ def _positive_number(text: str) -> float | None:
 
 
 def training_config(run: str, args):
-    from comfyui_syncav.model.lora import LoraSpec
+    from comfyui_syncav.runtime.lora import LoraSpec
     from comfyui_syncav.train.dpo_loss import DPOConfig
     from comfyui_syncav.train.dpo_training import DPOTrainingConfig
 
@@ -120,7 +120,7 @@ def training_config(run: str, args):
 
 def fresh_pipeline(weights: str | None):
     from comfyui_syncav.model.checkpoint import load_joint_model
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     pipeline = build_embedded_default()
     if weights:
@@ -129,9 +129,9 @@ def fresh_pipeline(weights: str | None):
 
 
 def run_one(run: str, args, out_dir: Path) -> dict:
-    from comfyui_syncav.model.lora import apply_lora, load_lora
+    from comfyui_syncav.runtime.lora import apply_lora, load_lora
     from comfyui_syncav.train.dpo_training import train_dpo
-    from comfyui_syncav.train.evaluation import evaluate_bouncebench
+    from comfyui_syncav.bouncebench.evaluation import evaluate_bouncebench
 
     result: dict = {"run": run}
     if run != "base":
@@ -237,7 +237,7 @@ def main() -> None:
             continue
         (out / run).mkdir(parents=True, exist_ok=True)
         results[run] = run_one(run, args, out / run)
-        from comfyui_syncav.model.atomic_files import write_text_atomic
+        from comfyui_syncav.files.atomic import write_text_atomic
         write_text_atomic(done, json.dumps(results[run], indent=1))
 
     print()

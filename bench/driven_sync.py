@@ -24,10 +24,10 @@ import argparse
 import numpy as np
 import torch
 
-from comfyui_syncav.model.generate import initial_noise
-from comfyui_syncav.model.schedules import base_sigmas, shift_sigmas
-from comfyui_syncav.train.bouncebench import STANDARD, make_clips, split_seeds
-from comfyui_syncav.train.sync_metrics import sync_report
+from comfyui_syncav.generation.generate import initial_noise
+from comfyui_syncav.guidance.schedules import base_sigmas, shift_sigmas
+from comfyui_syncav.bouncebench.clips import STANDARD, make_clips, split_seeds
+from comfyui_syncav.metrics.sync_metrics import sync_report
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from comfyui_syncav.model.checkpoint import load_joint_model
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     pipeline = build_embedded_default()
     if args.weights:

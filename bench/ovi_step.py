@@ -37,13 +37,13 @@ import time
 
 import torch
 
-from comfyui_syncav.model.block_swap import enable_block_swap
+from comfyui_syncav.runtime.block_swap import enable_block_swap
 from comfyui_syncav.model.config import get_preset
-from comfyui_syncav.model.fp8_ops import FP8_OPS, layer_weight_keys, quantize_to_fp8
+from comfyui_syncav.runtime.fp8 import FP8_OPS, layer_weight_keys, quantize_to_fp8
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.ovi_sizes import latent_lengths, snap_size_to_area
-from comfyui_syncav.model.sync_cfg import StepScales, SyncCFGConditioning, guided_velocity
-from comfyui_syncav.model.text import EncodedText
+from comfyui_syncav.ovi.sizes import latent_lengths, snap_size_to_area
+from comfyui_syncav.guidance.sync_cfg import StepScales, SyncCFGConditioning, guided_velocity
+from comfyui_syncav.text.interface import EncodedText
 
 GIB = 2 ** 30
 SECONDS, AREA_PX = 5.0, 720 * 720        # the ovi-720-5s clip

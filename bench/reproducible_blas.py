@@ -1,4 +1,4 @@
-"""Benchmark: what MKL's strict reproducible mode (model/reproducible_blas.py) costs on the CPU.
+"""Benchmark: what MKL's strict reproducible mode (runtime/reproducible_blas.py) costs on the CPU.
 
 The mode is fixed per process at MKL's first product, so each measurement runs in a fresh child process, alternating
 ``SYNCAV_REPRODUCIBLE_BLAS=0`` (MKL's default) and ``1`` (the package's default), ``--repeats`` children each. A child
@@ -30,11 +30,11 @@ MEASURES = ("train_step", "dpo_step", "sample")
 
 
 def child(steps: int) -> dict[str, float]:
-    from comfyui_syncav.model.generate import generate_clip
-    from comfyui_syncav.model.lora import LoraSpec
-    from comfyui_syncav.model.pipeline import build_embedded_default
-    from comfyui_syncav.model.reproducible_blas import reproducible_blas_status
-    from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
+    from comfyui_syncav.generation.generate import generate_clip
+    from comfyui_syncav.runtime.lora import LoraSpec
+    from comfyui_syncav.generation.pipeline import build_embedded_default
+    from comfyui_syncav.runtime.reproducible_blas import reproducible_blas_status
+    from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
     from comfyui_syncav.train.dpo_training import DPOTrainingConfig, train_dpo
     from comfyui_syncav.train.embedded_training import EmbeddedRecipe, train_embedded_default
 

@@ -30,9 +30,9 @@ import time
 import torch
 
 from comfyui_syncav.model.config import get_preset
-from comfyui_syncav.model.sampling import sample_av
-from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
-from comfyui_syncav.model.text import EncodedText
+from comfyui_syncav.guidance.sampling import sample_av
+from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
+from comfyui_syncav.text.interface import EncodedText
 
 CLIP_SECONDS = 2.0
 VIDEO_LATENT_SHAPE = (1, 16, 16, 8, 8)      # [B, Cv, F, H, W]: 2 s at the tiny codec's 8 latent frames / s
@@ -41,7 +41,7 @@ VIDEO_LATENT_SHAPE = (1, 16, 16, 8, 8)      # [B, Cv, F, H, W]: 2 s at the tiny 
 def default_audio_latents() -> int:
     """2 s of the embedded audio codec's latents (its rate, if the codec module is there)."""
     try:
-        from comfyui_syncav.model.codec_tiny import TINY_AUDIO_SAMPLE_RATE_HZ, TINY_AUDIO_SAMPLES_PER_LATENT
+        from comfyui_syncav.codecs.embedded import TINY_AUDIO_SAMPLE_RATE_HZ, TINY_AUDIO_SAMPLES_PER_LATENT
         return round(CLIP_SECONDS * TINY_AUDIO_SAMPLE_RATE_HZ / TINY_AUDIO_SAMPLES_PER_LATENT)
     except ImportError:
         return 250

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from comfyui_syncav.headless.runner import EXIT_OK, run_workflow
-from comfyui_syncav.model.media_io import probe_mp4
+from comfyui_syncav.files.media_io import probe_mp4
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "generate_default.json"

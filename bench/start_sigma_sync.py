@@ -18,10 +18,10 @@ import argparse
 import numpy as np
 import torch
 
-from comfyui_syncav.model.schedules import shift_sigmas
-from comfyui_syncav.model.sync_cfg import SyncCFGConditioning, SyncCFGGuidance, guided_velocity
-from comfyui_syncav.train.bouncebench import VARIANTS, make_clips, split_seeds
-from comfyui_syncav.train.evaluation import score_clip
+from comfyui_syncav.guidance.schedules import shift_sigmas
+from comfyui_syncav.guidance.sync_cfg import SyncCFGConditioning, SyncCFGGuidance, guided_velocity
+from comfyui_syncav.bouncebench.clips import VARIANTS, make_clips, split_seeds
+from comfyui_syncav.bouncebench.evaluation import score_clip
 
 
 def start_grid(start_sigma: float, steps: int, shift: float) -> np.ndarray:
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from comfyui_syncav.model.checkpoint import load_joint_model
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     pipeline = build_embedded_default()
     if args.weights:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
-from comfyui_syncav.train.evaluation import evaluate_bouncebench, write_json_atomic
+from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
+from comfyui_syncav.bouncebench.evaluation import evaluate_bouncebench, write_json_atomic
 
 ROWS = {  # name -> (text scale, sync scale, sync interval)
     "no_guidance": (1.0, 1.0, (0.0, 1.0)),
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from comfyui_syncav.model.checkpoint import load_joint_model
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     pipeline = build_embedded_default()
     if args.weights:

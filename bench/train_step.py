@@ -34,15 +34,15 @@ import time
 
 import torch
 
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
+from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.lora import LoraSpec, add_lora
-from comfyui_syncav.model.pipeline import embedded_config, embedded_text_encoder
-from comfyui_syncav.train.curriculum import DEFAULT_CURRICULUM
+from comfyui_syncav.runtime.lora import LoraSpec, add_lora
+from comfyui_syncav.generation.pipeline import embedded_config, embedded_text_encoder
+from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
 from comfyui_syncav.train.dpo_training import DPOTrainingConfig, PreferencePairs, make_loss_fn
 from comfyui_syncav.train.embedded_training import BounceBatches
 from comfyui_syncav.train.loop import step_generator
-from comfyui_syncav.train.temporal_negatives import build_negatives
+from comfyui_syncav.negatives.rules import build_negatives
 
 CURRICULUM_STEPS = 100                      # a nominal run length: negatives are built at steps across its stages
 NEGATIVE_BUILDS_PER_REPEAT = 9

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
-from ..model.atomic_files import atomic_path
+from ..files.atomic import atomic_path
 
 
 class ServerUnavailable(ConnectionError):

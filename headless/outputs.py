@@ -9,7 +9,7 @@ import os
 from pathlib import Path, PureWindowsPath
 from typing import Any, Awaitable, Callable, Iterable, TextIO
 
-from ..model.atomic_files import check_output_path
+from ..files.atomic import check_output_path
 from .client import ComfyClient, LocalWriteError, ServerError, ServerUnavailable
 from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SERVER_GONE
 from .report import node_label

@@ -15,9 +15,9 @@ import re
 import torch
 
 from .config import OVI_ROPE_SCALE, JointConfig, TowerConfig, get_preset
-from .fp8_ops import FP8_OPS, is_fp8, layer_weight_keys
+from ..runtime.fp8 import FP8_OPS, is_fp8, layer_weight_keys
 from .joint import JointModel
-from .safetensors_io import (CheckpointError, describe_key_mismatch, load_weights, read_header,
+from ..files.safetensors_io import (CheckpointError, describe_key_mismatch, load_weights, read_header,
                              save_tensors_atomic, shape_of)
 
 CONFIG_METADATA_KEY = "syncav_config"
@@ -142,7 +142,7 @@ def load_joint_model(path: str | os.PathLike, device: str | torch.device = "cpu"
         dtype, bf16 (``model.compute_dtype``), and every other tensor is loaded in bf16. A dtype given: every
         tensor is converted to it (fp8 weights upcast).
     operations: the layer namespace (ComfyUI's ``comfy.ops.manual_cast`` inside ComfyUI). When None and fp8
-        storage is kept, the layers of model/fp8_ops.py, which cast their weights per call.
+        storage is kept, the layers of runtime/fp8.py, which cast their weights per call.
     config / preset: override what the file says or what its shapes imply.
     """
     path = os.fspath(path)

@@ -132,7 +132,7 @@ def _ovi(name: str) -> JointConfig:
 
 
 # The embedded default: small enough to train and sample on a CPU. Latent widths match the embedded codec
-# (model/codec_tiny.py); the text width matches the embedded text encoder (model/text_tiny.py).
+# (codecs/embedded.py); the text width matches the embedded text encoder (text/embedded.py).
 TINY_VIDEO_CHANNELS = 16
 TINY_AUDIO_CHANNELS = 32
 TINY_TEXT_DIM = 64

@@ -16,8 +16,8 @@ import re
 
 import torch
 
-from ..model.safetensors_io import read_header
-from ..model.text import EncodedText, TextEncoder
+from ..files.safetensors_io import read_header
+from ..text.interface import EncodedText, TextEncoder
 from . import comfy_bridge
 
 log = logging.getLogger(__name__)

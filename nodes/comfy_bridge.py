@@ -223,7 +223,7 @@ def find_model_file(folders, names) -> Optional[str]:
     their subfolders too, or None. Inside ComfyUI this follows folder_paths (extra_model_paths.yaml included); a
     folder name ComfyUI does not know (``mmaudio``) is looked up as ``models/<name>``. Outside ComfyUI:
     ``$SYNCAV_MODELS_DIR/<folder>`` (default ``./models``)."""
-    from ..model.ovi_variants import folder_tree_finder
+    from ..ovi.variants import folder_tree_finder
 
     if not comfy_available():
         return folder_tree_finder(models_directory())(folders, names)
@@ -368,7 +368,7 @@ def patch_with_lora(patcher, lora_tensors, strength_video: float, strength_audio
     Outside: a StandInPatcher around a deep copy of the joint model with the LoRA merged into its weights. Either
     way the input MODEL is untouched, and a tower at strength 0 gets no patch at all (exactly the base output).
     """
-    from ..model.lora import apply_lora, comfy_lora_key_map, split_by_tower
+    from ..runtime.lora import apply_lora, comfy_lora_key_map, split_by_tower
 
     joint = patcher.model.diffusion_model
     strengths = {"video": float(strength_video), "audio": float(strength_audio)}

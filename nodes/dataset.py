@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ..model.text import TextEncoder
-from ..train.av_dataset import VIDEO_EXTENSIONS, AVClipDataset
+from ..text.interface import TextEncoder
+from ..data.av_dataset import VIDEO_EXTENSIONS, AVClipDataset
 from . import comfy_bridge
 from .latent import check_codecs
 from .loader import EMBEDDED_PIXEL_MULTIPLE

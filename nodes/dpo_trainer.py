@@ -13,10 +13,10 @@ import os
 
 import torch
 
-from ..model.lora import LoraSpec
-from ..model.pipeline import AVPipeline
-from ..model.safetensors_io import read_header
-from ..train.av_dataset import AVClipDataset
+from ..runtime.lora import LoraSpec
+from ..generation.pipeline import AVPipeline
+from ..files.safetensors_io import read_header
+from ..data.av_dataset import AVClipDataset
 from ..train.dpo_loss import DPOConfig
 from ..train.dpo_training import LORA_FILE, OBJECTIVES, DPOTrainingConfig, train_dpo
 from ..train.loop import CHECKPOINT_NAME

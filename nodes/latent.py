@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.codec_tiny import TINY_AUDIO_SAMPLE_RATE_HZ, TINY_VIDEO_FPS
+from ..codecs.embedded import TINY_AUDIO_SAMPLE_RATE_HZ, TINY_VIDEO_FPS
 from .loader import EMBEDDED_PIXEL_MULTIPLE, SyncAVCodecs
 
 

@@ -9,15 +9,15 @@ import os
 import torch
 
 from ..model.checkpoint import load_joint_model
-from ..model.codec_tiny import TinyAudioCodec, TinyVideoCodec
+from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from ..model.config import TINY_TEXT_DIM, get_preset
 from ..model.joint import JointModel
-from ..model.ovi_pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, umt5_loader
-from ..model.ovi_variants import PRESET_LABELS, TEXT_ENCODER, VARIANTS_BY_LABEL, OviVariant, find_file, \
+from ..ovi.pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, umt5_loader
+from ..ovi.variants import PRESET_LABELS, TEXT_ENCODER, VARIANTS_BY_LABEL, OviVariant, find_file, \
     find_text_encoder_files, find_variant_files, recognise_variant, uses_ovi_codecs
-from ..model.pipeline import (AVPipeline, build_embedded_default, build_embedded_sync_tuned,
+from ..generation.pipeline import (AVPipeline, build_embedded_default, build_embedded_sync_tuned,
                               embedded_text_encoder)
-from ..model.safetensors_io import CheckpointError, read_header
+from ..files.safetensors_io import CheckpointError, read_header
 from . import comfy_bridge
 from .clip_text_encoder import load_umt5_xxl_clip
 

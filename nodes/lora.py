@@ -1,4 +1,4 @@
-"""SyncAV Load LoRA and SyncAV Save LoRA: LoRA files of the joint model (model/lora.py) in and out of graphs.
+"""SyncAV Load LoRA and SyncAV Save LoRA: LoRA files of the joint model (runtime/lora.py) in and out of graphs.
 
 Files live in the ``syncav_lora`` model folder: ``models/syncav_lora`` (Save LoRA writes there) and
 ``output/syncav_lora`` (the DPO trainer writes there); Load LoRA lists both.
@@ -10,9 +10,9 @@ import os
 import re
 import shutil
 
-from ..model.atomic_files import atomic_path, is_hidden_or_temporary
-from ..model.lora import check_lora_fits, load_lora
-from ..model.safetensors_io import CheckpointError
+from ..files.atomic import atomic_path, is_hidden_or_temporary
+from ..runtime.lora import check_lora_fits, load_lora
+from ..files.safetensors_io import CheckpointError
 from . import comfy_bridge
 from .sampler import joint_model_of
 

@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from ..train.bouncebench import SPLITS, VARIANTS, make_clip, split_seeds
-from ..train.evaluation import batch_sync_report
+from ..bouncebench.clips import SPLITS, VARIANTS, make_clip, split_seeds
+from ..bouncebench.evaluation import batch_sync_report
 
 METRIC_MODES = ["auto", "blobs", "motion"]
 

@@ -1,6 +1,6 @@
 """SyncAV Temporal Negative Builder: which broken-timing losers the DPO trainer trains against, with a preview.
 
-The spec is a curriculum (train/curriculum.py) narrowed by the node's inputs; the preview draws one negative the way
+The spec is a curriculum (negatives/curriculum.py) narrowed by the node's inputs; the preview draws one negative the way
 the trainer does at a chosen point of training (same curriculum stage, same latent-level rule), decodes it and shows
 it as frames + audio.
 """
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.generate import MAX_SEED
-from ..train.av_dataset import AVClipDataset
-from ..train.bouncebench import STANDARD, make_batch, split_seeds
-from ..train.curriculum import DEFAULT_CURRICULUM, MODES, Curriculum, CurriculumError
-from ..train.temporal_negatives import FAMILIES, RULES, TimeAxes, build_negatives
+from ..generation.generate import MAX_SEED
+from ..data.av_dataset import AVClipDataset
+from ..bouncebench.clips import STANDARD, make_batch, split_seeds
+from ..negatives.curriculum import DEFAULT_CURRICULUM, MODES, Curriculum, CurriculumError
+from ..negatives.rules import FAMILIES, RULES, TimeAxes, build_negatives
 from .latent import check_codecs
 
 CURRICULUM = "curriculum"

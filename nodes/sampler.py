@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..model.generate import MAX_SEED, initial_noise
+from ..generation.generate import MAX_SEED, initial_noise
 from ..model.joint import JointModel
-from ..model.sync_cfg import SyncCFGGuidance
+from ..guidance.sync_cfg import SyncCFGGuidance
 from . import comfy_bridge
 from .latent import check_av_latent, check_codecs
 from .text_encode import SyncAVConditioning
@@ -49,7 +49,7 @@ class SyncAVSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..model.schedules import SOLVERS  # imports diffusers: only when ComfyUI asks, not at startup
+        from ..guidance.schedules import SOLVERS  # imports diffusers: only when ComfyUI asks, not at startup
 
         def scale(default: float, tooltip: str):
             return ("FLOAT", {"default": default, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
@@ -123,7 +123,7 @@ class SyncAVSampler:
         if blocks and not guidance.needs_negative:
             log.warning("SyncAV sampler: slg_blocks %s have no effect while both text scales are 1", blocks)
 
-        from ..model.sampling import sample_av  # imports diffusers (schedulers): lazily, see INPUT_TYPES
+        from ..guidance.sampling import sample_av  # imports diffusers (schedulers): lazily, see INPUT_TYPES
 
         noise_video, noise_audio = initial_noise(video_shape, audio_shape, seed)
         device = comfy_bridge.load_for_sampling(model)

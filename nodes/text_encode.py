@@ -1,7 +1,7 @@
 """SyncAV Text Encode: per-modality prompts and negatives -> SYNCAV_CONDITIONING.
 
 For an Ovi model (its text encoder carries a ``prompt_style``) the video prompt, the spoken lines and the sound
-description are joined into Ovi's one prompt (model/ovi_prompt.py), which both towers read, and empty negatives
+description are joined into Ovi's one prompt (ovi/prompt.py), which both towers read, and empty negatives
 become Ovi's defaults. An optional CLIP input (e.g. ComfyUI's Load CLIP with the Wan UMT5-XXL file) encodes instead
 of the loader's text encoder, the way the Ovi presets' own encoder encodes inside ComfyUI (nodes/clip_text_encoder.py).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model.ovi_prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE, build_ovi_prompt, speech_lines
-from ..model.text import EncodedText, TextEncoder
+from ..ovi.prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE, build_ovi_prompt, speech_lines
+from ..text.interface import EncodedText, TextEncoder
 from .clip_text_encoder import ComfyClipTextEncoder
 
 

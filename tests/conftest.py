@@ -34,5 +34,5 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def text_encoder():
-    from comfyui_syncav.model.text_tiny import TinyTextEncoder
+    from comfyui_syncav.text.embedded import TinyTextEncoder
     return TinyTextEncoder()

@@ -43,8 +43,8 @@ def child(trainer: str, out_dir: Path, steps: int, save_every: int) -> None:
         print(f"step {step}", flush=True)
 
     if trainer == "dpo":
-        from comfyui_syncav.model.lora import LoraSpec
-        from comfyui_syncav.model.pipeline import build_embedded_default
+        from comfyui_syncav.runtime.lora import LoraSpec
+        from comfyui_syncav.generation.pipeline import build_embedded_default
         from comfyui_syncav.train.dpo_training import DPOTrainingConfig, train_dpo
 
         config = DPOTrainingConfig(steps=steps, batch_size=2, lr=1e-3, lora=LoraSpec(rank=4, alpha=4),
@@ -66,8 +66,8 @@ def child(trainer: str, out_dir: Path, steps: int, save_every: int) -> None:
 
 def load_everything(out_dir: Path) -> dict[str, int]:
     """Load what a resume or a user would load; returns the steps the files hold (raises if anything fails)."""
-    from comfyui_syncav.model.lora import load_lora
-    from comfyui_syncav.model.safetensors_io import load_tensors, read_header
+    from comfyui_syncav.runtime.lora import load_lora
+    from comfyui_syncav.files.safetensors_io import load_tensors, read_header
     from comfyui_syncav.train.loop import STATE_FORMAT
 
     steps = {}
@@ -91,7 +91,7 @@ def temporaries(out_dir: Path) -> list[Path]:
 
 
 def final_tensors(trainer: str, out_dir: Path) -> dict:
-    from comfyui_syncav.model.safetensors_io import load_tensors
+    from comfyui_syncav.files.safetensors_io import load_tensors
 
     return load_tensors(out_dir / FINAL_FILES[trainer])
 

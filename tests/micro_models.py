@@ -5,8 +5,8 @@ import dataclasses
 import torch
 
 from comfyui_syncav.model import JointConfig, JointModel, TowerConfig
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
-from comfyui_syncav.model.pipeline import AVPipeline, embedded_config
+from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
+from comfyui_syncav.generation.pipeline import AVPipeline, embedded_config
 
 
 def micro_model(prediction: str = "x0", dim: int = 16, name: str = "micro") -> JointModel:

@@ -14,10 +14,10 @@ import torch
 
 from comfyui_syncav.model import JointModel, get_preset
 from comfyui_syncav.model.checkpoint import CONFIG_METADATA_KEY, save_joint_model
-from comfyui_syncav.model.codec import AudioCodec, VideoCodec
-from comfyui_syncav.model.fp8_ops import layer_weight_keys, quantize_to_fp8
-from comfyui_syncav.model.safetensors_io import save_tensors_atomic
-from comfyui_syncav.model.text import EncodedText, TextEncoder
+from comfyui_syncav.codecs.interface import AudioCodec, VideoCodec
+from comfyui_syncav.runtime.fp8 import layer_weight_keys, quantize_to_fp8
+from comfyui_syncav.files.safetensors_io import save_tensors_atomic
+from comfyui_syncav.text.interface import EncodedText, TextEncoder
 
 
 class StandInWanCodec(VideoCodec):
@@ -117,7 +117,7 @@ def save_ovi_like(path, fp8: bool = False, seed: int = 0) -> JointModel:
 def write_ovi_files(models_dir, variant, fp8: bool = False, text_encoder: bool = False) -> dict[str, str]:
     """A ComfyUI-style models folder with every file ``variant`` needs (codec files are empty placeholders: tests
     patch the codec loaders)."""
-    from comfyui_syncav.model.ovi_variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER
+    from comfyui_syncav.ovi.variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER
 
     paths = {}
     model_dir = models_dir / "diffusion_models" / "Ovi"

@@ -1,4 +1,4 @@
-"""The clip-folder dataset (train/av_dataset.py): PyAV decoding, kornia resize/crop, bad-data skips, latent cache,
+"""The clip-folder dataset (data/av_dataset.py): PyAV decoding, kornia resize/crop, bad-data skips, latent cache,
 and its batch source driving the DPO trainer. Data: a few BounceBench clips written as mp4 + .txt."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
+from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.lora import LoraSpec, load_lora
-from comfyui_syncav.model.media_io import downmix_matrix, write_mp4
-from comfyui_syncav.model.pipeline import AVPipeline, embedded_config
-from comfyui_syncav.model.text_tiny import TinyTextEncoder
-from comfyui_syncav.train import av_dataset
-from comfyui_syncav.train.av_dataset import AVClipDataset, AVDatasetError, resize_crop
-from comfyui_syncav.train.bouncebench import BounceBenchConfig, make_clip, split_seeds, write_dataset
+from comfyui_syncav.runtime.lora import LoraSpec, load_lora
+from comfyui_syncav.files.media_io import downmix_matrix, write_mp4
+from comfyui_syncav.generation.pipeline import AVPipeline, embedded_config
+from comfyui_syncav.text.embedded import TinyTextEncoder
+from comfyui_syncav.data import av_dataset
+from comfyui_syncav.data.av_dataset import AVClipDataset, AVDatasetError, resize_crop
+from comfyui_syncav.bouncebench.clips import BounceBenchConfig, make_clip, split_seeds, write_dataset
 from comfyui_syncav.train.dpo_training import DPOTrainingConfig, train_dpo
-from comfyui_syncav.train.flow_loss import AVBatch
+from comfyui_syncav.model.batch import AVBatch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -235,7 +235,7 @@ def test_downmix_gains():
 # ------------------------------------------------------------------------------------------------ bad data
 
 def test_bad_clips_are_skipped_with_a_warning_naming_them(mixed_folder, codecs, caplog):
-    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.train.av_dataset"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.data.av_dataset"):
         ds = dataset(mixed_folder, codecs)
     assert sorted(c.name for c in ds.clips) == sorted(p.name for p in mixed_folder.glob("standard_*.mp4"))
     reasons = dict(ds.skipped)

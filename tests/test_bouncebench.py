@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_syncav.model.media_io import probe_mp4
-from comfyui_syncav.train.bouncebench import (BALL_CLASSES, SPLITS, STANDARD, VARIANTS, BounceBenchConfig,
+from comfyui_syncav.files.media_io import probe_mp4
+from comfyui_syncav.bouncebench.clips import (BALL_CLASSES, SPLITS, STANDARD, VARIANTS, BounceBenchConfig,
                                               caption_for, make_batch, make_clip, make_clips, split_seeds,
                                               write_dataset)
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from comfyui_syncav.cli import main
-from comfyui_syncav.model.media_io import probe_mp4
+from comfyui_syncav.files.media_io import probe_mp4
 
 
 def test_generate_writes_h264_with_aac_of_the_asked_length(tmp_path, capsys):
@@ -46,8 +46,8 @@ def _write_random_lora(path):
     """A LoRA on the embedded default's FFNs with random B factors (so it changes the output), saved to path."""
     import torch
 
-    from comfyui_syncav.model.lora import LoraSpec, add_lora, save_lora
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.runtime.lora import LoraSpec, add_lora, save_lora
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     model = build_embedded_default().model
     add_lora(model, LoraSpec(rank=4, targets=("ffn",)))
@@ -59,7 +59,7 @@ def _write_random_lora(path):
 
 
 def test_lora_embedded_sync_is_the_shipped_file(tmp_path, monkeypatch, capsys):
-    from comfyui_syncav.model import pipeline as pipeline_module
+    from comfyui_syncav.generation import pipeline as pipeline_module
 
     shipped = tmp_path / "embedded_sync_lora.safetensors"
     _write_random_lora(shipped)
@@ -67,7 +67,7 @@ def test_lora_embedded_sync_is_the_shipped_file(tmp_path, monkeypatch, capsys):
 
     def clip(*extra):
         # Decoded, not the file's bytes: the encoders' bitstream is not guaranteed to repeat bit for bit.
-        from comfyui_syncav.train.av_dataset import decode_clip
+        from comfyui_syncav.data.av_dataset import decode_clip
 
         out = tmp_path / f"clip{len(extra)}.mp4"
         assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
@@ -110,7 +110,7 @@ def test_atomic_writes_use_hidden_tmp_names_flush_to_disk_and_are_never_listed(t
     before and after the file is published."""
     import os
 
-    from comfyui_syncav.model import atomic_files
+    from comfyui_syncav.files import atomic as atomic_files
     from comfyui_syncav.nodes import comfy_bridge
     from comfyui_syncav.nodes.lora import listed_lora_names
 
@@ -133,7 +133,7 @@ def test_atomic_writes_use_hidden_tmp_names_flush_to_disk_and_are_never_listed(t
 
 
 def test_output_check_lets_good_paths_through_without_writing(tmp_path):
-    from comfyui_syncav.model.atomic_files import OutputPathError, check_output_path
+    from comfyui_syncav.files.atomic import OutputPathError, check_output_path
 
     (tmp_path / "old.mp4").write_bytes(b"old")
     assert check_output_path(tmp_path / "old.mp4", "--out", suffixes=(".mp4",)) == tmp_path / "old.mp4"  # replaced

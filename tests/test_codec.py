@@ -1,4 +1,4 @@
-"""The embedded codecs (model/codec_tiny.py): shapes, exactness of the transforms, measured round-trip error.
+"""The embedded codecs (codecs/embedded.py): shapes, exactness of the transforms, measured round-trip error.
 
 The bounds below sit just under the figures measured with these generators and seeds (docs/codec.md); running
 this file as a script prints the measured table.
@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from comfyui_syncav.model.codec import AudioCodec, VideoCodec
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec, dct_ii_matrix, mdct_matrix
+from comfyui_syncav.codecs.interface import AudioCodec, VideoCodec
+from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec, dct_ii_matrix, mdct_matrix
 from comfyui_syncav.model.config import PRESETS
 
 SAMPLE_RATE_HZ = 8000

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from comfyui_syncav.cli import main
-from comfyui_syncav.model.bigvgan import (BIGVGAN_16K_CONFIG, BigVGANConfig, BigVGANGenerator,
+from comfyui_syncav.codecs.bigvgan import (BIGVGAN_16K_CONFIG, BigVGANConfig, BigVGANGenerator,
                                           bigvgan_state_dict_for_loading, fold_weight_norm, infer_bigvgan_config,
                                           load_bigvgan, unfold_weight_norm)
-from comfyui_syncav.model.codec_mmaudio import (MMAUDIO_LATENT_CHANNELS, MMAUDIO_SAMPLE_RATE_HZ, MMAudioCodec)
-from comfyui_syncav.model.mel import MMAUDIO_16K_MEL, LogMelSpectrogram, slaney_mel_filterbank
-from comfyui_syncav.model.mmaudio_vae import (MMAUDIO_VAE_16K_CONFIG, MMAudioVAE, MMAudioVAEConfig,
+from comfyui_syncav.codecs.mmaudio import (MMAUDIO_LATENT_CHANNELS, MMAUDIO_SAMPLE_RATE_HZ, MMAudioCodec)
+from comfyui_syncav.codecs.mel import MMAUDIO_16K_MEL, LogMelSpectrogram, slaney_mel_filterbank
+from comfyui_syncav.codecs.mmaudio_vae import (MMAUDIO_VAE_16K_CONFIG, MMAudioVAE, MMAudioVAEConfig,
                                               infer_mmaudio_vae_config, load_mmaudio_vae)
-from comfyui_syncav.model.safetensors_io import CheckpointError, load_tensors, save_tensors_atomic
+from comfyui_syncav.files.safetensors_io import CheckpointError, load_tensors, save_tensors_atomic
 
 TINY_VAE = MMAudioVAEConfig(hidden_dim=8)
 TINY_VOCODER = BigVGANConfig(upsample_initial_channel=64)      # stages of 32, 16, 8, 4, 2, 1 channels
@@ -391,7 +391,7 @@ def test_convert_refuses_pickled_objects_wrong_kinds_and_the_44k_vae(tmp_path, c
 def test_convert_keeps_a_wan22_vae_as_published_and_refuses_wan21(tmp_path, capsys, one_thread):
     from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
-    from comfyui_syncav.model.codec_wan import WAN22_VAE_CONFIG, WanVideoCodec, wan22_vae_state_dict_to_original
+    from comfyui_syncav.codecs.wan import WAN22_VAE_CONFIG, WanVideoCodec, wan22_vae_state_dict_to_original
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**{**WAN22_VAE_CONFIG, "base_dim": 4, "decoder_base_dim": 8})   # the full tiny network

@@ -1,4 +1,4 @@
-"""The Wan2.2 VAE codec (model/codec_wan.py): key conversion against the reference manifests, loading the original
+"""The Wan2.2 VAE codec (codecs/wan.py): key conversion against the reference manifests, loading the original
 and diffusers layouts, latent normalisation, numeric identity with diffusers, tiled decoding, and the errors for
 files that are not the Wan2.2 VAE.
 
@@ -19,11 +19,11 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 from safetensors.torch import save_file
 
-from comfyui_syncav.model.codec import VideoCodec
-from comfyui_syncav.model.codec_wan import (WAN22_LATENT_CHANNELS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD,
+from comfyui_syncav.codecs.interface import VideoCodec
+from comfyui_syncav.codecs.wan import (WAN22_LATENT_CHANNELS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD,
                                             WAN22_VAE_CONFIG, WanVideoCodec, wan22_vae_key_to_diffusers,
                                             wan22_vae_key_to_original, wan22_vae_state_dict_to_original)
-from comfyui_syncav.model.safetensors_io import CheckpointError
+from comfyui_syncav.files.safetensors_io import CheckpointError
 
 TINY_WIDTHS = dict(base_dim=4, decoder_base_dim=8)      # everything else as WAN22_VAE_CONFIG
 
@@ -95,7 +95,7 @@ def test_full_size_model_has_exactly_the_original_files_tensors(reference_dir):
 
 
 def test_tiny_file_uses_the_original_key_names(reference_dir, tiny_original_file):
-    from comfyui_syncav.model.safetensors_io import read_header
+    from comfyui_syncav.files.safetensors_io import read_header
     manifest = json.loads((reference_dir / "wan22_vae_keys.json").read_text())["keys"]
     header, _ = read_header(tiny_original_file[1])
     assert set(header) == set(manifest)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from comfyui_syncav.model import JointModel
-from comfyui_syncav.model.lora import LoraSpec, add_lora, disabled_adapters, lora_layers
-from comfyui_syncav.train.dpo_loss import (DEFAULT_BETA, DPOConfig, PreferenceBatch, av_dpo_loss, dpo_loss,
+from comfyui_syncav.runtime.lora import LoraSpec, add_lora, disabled_adapters, lora_layers
+from comfyui_syncav.train.dpo_loss import (DEFAULT_BETA, DPOConfig, av_dpo_loss, dpo_loss,
                                            dpo_loss_fn, draw_pair_noise, paired_errors)
-from comfyui_syncav.train.flow_loss import AVBatch
+from comfyui_syncav.model.batch import AVBatch, PreferenceBatch
 from comfyui_syncav.train.loop import TrainConfig, train
 from micro_models import micro_model
 

@@ -7,15 +7,15 @@ import re
 import pytest
 import torch
 
-from comfyui_syncav.model.lora import (KEY_PREFIX, LoraSpec, check_lora_fits, load_lora, lora_layers,
+from comfyui_syncav.runtime.lora import (KEY_PREFIX, LoraSpec, check_lora_fits, load_lora, lora_layers,
                                        lora_state_dict)
-from comfyui_syncav.model.safetensors_io import load_tensors, read_header
-from comfyui_syncav.train.curriculum import DEFAULT_CURRICULUM
+from comfyui_syncav.files.safetensors_io import load_tensors, read_header
+from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
 from comfyui_syncav.train.dpo_training import (CURVES_FILE, HISTORY_FILE, LORA_FILE, DPOTrainingConfig,
                                                PreferencePairs, train_dpo)
 from comfyui_syncav.train.embedded_training import BounceBatches
 from comfyui_syncav.train.loop import CHECKPOINT_NAME
-from comfyui_syncav.train.temporal_negatives import RULES
+from comfyui_syncav.negatives.rules import RULES
 from micro_models import micro_pipeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -144,7 +144,7 @@ def test_interrupted_and_resumed_run_gives_a_bit_identical_lora(straight_run, tm
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_and_lora_loadable(straight_run, tmp_path, monkeypatch,
                                                                                 text_encoder):
-    import comfyui_syncav.model.safetensors_io as safetensors_io
+    import comfyui_syncav.files.safetensors_io as safetensors_io
     real_save_file = safetensors_io.save_file
 
     def half_written_then_killed(tensors, filename, metadata=None):

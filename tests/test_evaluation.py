@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from comfyui_syncav.cli import main
-from comfyui_syncav.model.generate import generate_clip
-from comfyui_syncav.model.pipeline import build_embedded_default
-from comfyui_syncav.model.sync_cfg import SyncCFGGuidance
-from comfyui_syncav.train.bouncebench import BALL_CLASSES, VARIANTS, make_clips, split_seeds
-from comfyui_syncav.train.evaluation import (RESULT_KEYS, SUMMARY_KEYS, audio_quality, count_blobs,
+from comfyui_syncav.generation.generate import generate_clip
+from comfyui_syncav.generation.pipeline import build_embedded_default
+from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
+from comfyui_syncav.bouncebench.clips import BALL_CLASSES, VARIANTS, make_clips, split_seeds
+from comfyui_syncav.bouncebench.evaluation import (RESULT_KEYS, SUMMARY_KEYS, audio_quality, count_blobs,
                                              evaluate_bouncebench, score_clip, video_quality)
-from comfyui_syncav.train.sync_metrics import REPORT_KEYS
+from comfyui_syncav.metrics.sync_metrics import REPORT_KEYS
 
 CLIPS, STEPS = 2, 2
 GUIDANCE = SyncCFGGuidance(text_scale_video=4.0, text_scale_audio=4.0, sync_scale_video=2.0, sync_scale_audio=2.0)

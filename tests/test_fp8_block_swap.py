@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfyui_syncav.model import load_joint_model
-from comfyui_syncav.model.block_swap import enable_block_swap
-from comfyui_syncav.model.fp8_ops import FP8_OPS, layer_weight_keys, quantize_to_fp8
+from comfyui_syncav.runtime.block_swap import enable_block_swap
+from comfyui_syncav.runtime.fp8 import FP8_OPS, layer_weight_keys, quantize_to_fp8
 
 from ovi_stand_ins import ovi_like_model
 
@@ -174,8 +174,8 @@ def test_block_swap_refuses_bad_settings():
 
 
 def test_generate_with_block_swap_gives_the_same_clip(text_encoder):
-    from comfyui_syncav.model.generate import generate_clip
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.generation.generate import generate_clip
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     pipeline = build_embedded_default()
     with torch.inference_mode():
@@ -188,8 +188,8 @@ def test_generate_with_block_swap_gives_the_same_clip(text_encoder):
 
 def test_cli_generate_takes_blocks_on_gpu(tmp_path, monkeypatch):
     from comfyui_syncav.cli import main
-    from comfyui_syncav.model import block_swap
-    from comfyui_syncav.model.media_io import probe_mp4
+    from comfyui_syncav.runtime import block_swap
+    from comfyui_syncav.files.media_io import probe_mp4
 
     swaps, enable = [], block_swap.enable_block_swap
 

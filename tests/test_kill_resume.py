@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from comfyui_syncav.model.lora import load_lora
-from comfyui_syncav.model.safetensors_io import read_header
+from comfyui_syncav.runtime.lora import load_lora
+from comfyui_syncav.files.safetensors_io import read_header
 from kill_resume import CHECKPOINT, PUBLISHED, main, start
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")

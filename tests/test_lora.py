@@ -1,4 +1,4 @@
-"""LoRA on the joint model (model/lora.py): peft injection, ComfyUI-convention files, merging with strengths."""
+"""LoRA on the joint model (runtime/lora.py): peft injection, ComfyUI-convention files, merging with strengths."""
 
 import re
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from comfyui_syncav.model import JointConfig, JointModel
-from comfyui_syncav.model.lora import (LoraSpec, add_lora, apply_lora, comfy_lora_key_map, disabled_adapters,
+from comfyui_syncav.runtime.lora import (LoraSpec, add_lora, apply_lora, comfy_lora_key_map, disabled_adapters,
                                        load_lora, lora_layers, lora_state_dict, save_lora, split_by_tower)
-from comfyui_syncav.model.safetensors_io import CheckpointError, save_tensors_atomic
+from comfyui_syncav.files.safetensors_io import CheckpointError, save_tensors_atomic
 from comfyui_syncav.nodes.comfy_bridge import SyncAVModel
 from micro_models import micro_model
 

@@ -153,8 +153,8 @@ def sample_latent(loaded, steps=1, solver="euler", video_negative="", audio_nega
 
 
 def test_scales_of_one_are_the_plain_joint_sampler(loaded):
-    from comfyui_syncav.model.generate import initial_noise
-    from comfyui_syncav.model.sampling import sample_av
+    from comfyui_syncav.generation.generate import initial_noise
+    from comfyui_syncav.guidance.sampling import sample_av
 
     video, audio = sample_latent(loaded, steps=2, solver="unipc")
     # Negatives, skipped blocks and the sync interval act only through guidance: at scale 1 they change nothing.
@@ -391,7 +391,7 @@ def ovi_models_dir(tmp_path, monkeypatch):
     patched to stand-ins (their real files are gigabytes)."""
     from ovi_stand_ins import StandInMMAudioCodec, StandInWanCodec
 
-    from comfyui_syncav.model import ovi_pipeline
+    from comfyui_syncav.ovi import pipeline as ovi_pipeline
 
     monkeypatch.setenv("SYNCAV_MODELS_DIR", str(tmp_path))
     monkeypatch.setattr(ovi_pipeline, "load_video_codec", lambda path, device=None, dtype=None: StandInWanCodec())
@@ -418,7 +418,7 @@ def test_every_loader_choice_loads_or_asks_for_its_own_file(ovi_models_dir):
 def test_ovi_preset_names_the_missing_file_and_its_folder(ovi_models_dir):
     from ovi_stand_ins import write_ovi_files
 
-    from comfyui_syncav.model.ovi_variants import get_variant
+    from comfyui_syncav.ovi.variants import get_variant
 
     with pytest.raises(FileNotFoundError, match=r"'model.safetensors' not found in models/diffusion_models"):
         node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
@@ -432,8 +432,8 @@ def test_ovi_preset_names_the_missing_file_and_its_folder(ovi_models_dir):
 def test_ovi_preset_chain_with_a_clip_input(ovi_models_dir):
     from ovi_stand_ins import StandInClip, write_ovi_files
 
-    from comfyui_syncav.model.ovi_pipeline import OviPipeline
-    from comfyui_syncav.model.ovi_variants import get_variant
+    from comfyui_syncav.ovi.pipeline import OviPipeline
+    from comfyui_syncav.ovi.variants import get_variant
 
     write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
     with torch.inference_mode():
@@ -473,7 +473,7 @@ def test_ovi_preset_chain_with_a_clip_input(ovi_models_dir):
 def test_ovi_text_encoder_without_files_or_clip_says_what_is_missing(ovi_models_dir):
     from ovi_stand_ins import write_ovi_files
 
-    from comfyui_syncav.model.ovi_variants import get_variant
+    from comfyui_syncav.ovi.variants import get_variant
 
     write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
     _, _, text_encoder = node("SyncAVLoader").load("Ovi 720x720 5s", "auto")
@@ -541,7 +541,7 @@ def test_comfy_clip_text_encoder_measures_pads_and_checks_the_width(caplog):
 def write_umt5_xxl_header(path, blocks: int = 24, width: int = 4096, bias_in_every_block: bool = True) -> None:
     """A safetensors file with the keys ComfyUI tells UMT5-XXL by (its last block's gated feed-forward layer, the
     relative attention bias of each block), the tensors cut down to one row: enough for the header check."""
-    from comfyui_syncav.model.safetensors_io import save_tensors_atomic
+    from comfyui_syncav.files.safetensors_io import save_tensors_atomic
 
     state = {}
     for block in range(blocks):
@@ -558,7 +558,7 @@ def test_ovi_preset_inside_comfyui_loads_umt5_as_a_wan_clip_at_the_first_prompt(
     alone through ComfyUI's CLIP loader, type wan, once, at the first encode; a missing or wrong file fails then."""
     from ovi_stand_ins import StandInClip, write_ovi_files
 
-    from comfyui_syncav.model.ovi_variants import folder_tree_finder, get_variant
+    from comfyui_syncav.ovi.variants import folder_tree_finder, get_variant
 
     write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
     with torch.inference_mode():
@@ -614,7 +614,7 @@ def test_ovi_preset_inside_comfyui_loads_umt5_as_a_wan_clip_at_the_first_prompt(
 def test_ovi_file_from_the_list_is_recognised(ovi_models_dir):
     from ovi_stand_ins import write_ovi_files
 
-    from comfyui_syncav.model.ovi_variants import get_variant
+    from comfyui_syncav.ovi.variants import get_variant
 
     paths = write_ovi_files(ovi_models_dir, get_variant("Ovi 960x960 10s"))
     with torch.inference_mode():
@@ -627,7 +627,7 @@ def test_ovi_file_from_the_list_is_recognised(ovi_models_dir):
 def test_ovi_fp8_preset_keeps_fp8_weights(ovi_models_dir):
     from ovi_stand_ins import write_ovi_files
 
-    from comfyui_syncav.model.ovi_variants import get_variant
+    from comfyui_syncav.ovi.variants import get_variant
 
     write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s fp8"), fp8=True)
     with torch.inference_mode():
@@ -669,8 +669,8 @@ def test_text_encode_speech_sound_and_clip_on_the_embedded_model(loaded):
 
 
 def test_loader_sync_tuned_choice_merges_the_shipped_lora(loaded, tmp_path, monkeypatch):
-    from comfyui_syncav.model import pipeline as pipeline_module
-    from comfyui_syncav.model.lora import apply_lora, load_lora
+    from comfyui_syncav.generation import pipeline as pipeline_module
+    from comfyui_syncav.runtime.lora import apply_lora, load_lora
     from comfyui_syncav.nodes.loader import EMBEDDED_SYNC_TUNED
     from test_cli import _write_random_lora
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.lora import LoraSpec, add_lora, lora_layers, save_lora
-from comfyui_syncav.model.safetensors_io import CheckpointError, load_tensors, read_header
+from comfyui_syncav.runtime.lora import LoraSpec, add_lora, lora_layers, save_lora
+from comfyui_syncav.files.safetensors_io import CheckpointError, load_tensors, read_header
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, comfy_bridge
 from comfyui_syncav.nodes.dpo_trainer import RUNS_FOLDER
 from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT
 from comfyui_syncav.nodes.negatives import SyncAVNegativeSpec, _source_latents
-from comfyui_syncav.train.av_dataset import AVClipDataset
-from comfyui_syncav.train.bouncebench import write_dataset
-from comfyui_syncav.train.curriculum import DEFAULT_CURRICULUM
+from comfyui_syncav.data.av_dataset import AVClipDataset
+from comfyui_syncav.bouncebench.clips import write_dataset
+from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
 from comfyui_syncav.train.loop import CHECKPOINT_NAME
-from comfyui_syncav.train.temporal_negatives import RULES
+from comfyui_syncav.negatives.rules import RULES
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

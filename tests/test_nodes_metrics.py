@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
-from comfyui_syncav.train.bouncebench import VARIANTS, make_clip, split_seeds
-from comfyui_syncav.train.sync_metrics import REPORT_KEYS
+from comfyui_syncav.bouncebench.clips import VARIANTS, make_clip, split_seeds
+from comfyui_syncav.metrics.sync_metrics import REPORT_KEYS
 
 FPS = 16.0
 

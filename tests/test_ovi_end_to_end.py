@@ -20,21 +20,21 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from comfyui_syncav.cli import main
-from comfyui_syncav.model import ovi_variants
-from comfyui_syncav.model.bigvgan import BigVGANConfig, BigVGANGenerator, unfold_weight_norm
+from comfyui_syncav.ovi import variants as ovi_variants
+from comfyui_syncav.codecs.bigvgan import BigVGANConfig, BigVGANGenerator, unfold_weight_norm
 from comfyui_syncav.model.checkpoint import save_joint_model
-from comfyui_syncav.model.codec_mmaudio import MMAudioCodec
-from comfyui_syncav.model.codec_wan import VAE_CONFIG_METADATA_KEY, WAN22_VAE_CONFIG, WanVideoCodec, \
+from comfyui_syncav.codecs.mmaudio import MMAudioCodec
+from comfyui_syncav.codecs.wan import VAE_CONFIG_METADATA_KEY, WAN22_VAE_CONFIG, WanVideoCodec, \
     wan22_vae_state_dict_to_original
 from comfyui_syncav.model.config import OVI_ROPE_SCALE, JointConfig, get_preset
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.media_io import probe_mp4
-from comfyui_syncav.model.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig
-from comfyui_syncav.model.ovi_pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline
-from comfyui_syncav.model.ovi_variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER, find_text_encoder_files, \
+from comfyui_syncav.files.media_io import probe_mp4
+from comfyui_syncav.codecs.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig
+from comfyui_syncav.ovi.pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline
+from comfyui_syncav.ovi.variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER, find_text_encoder_files, \
     find_variant_files, folder_tree_finder, get_variant
-from comfyui_syncav.model.safetensors_io import CheckpointError, read_header, save_tensors_atomic
-from comfyui_syncav.model.text_umt5 import UMT5TextEncoder
+from comfyui_syncav.files.safetensors_io import CheckpointError, read_header, save_tensors_atomic
+from comfyui_syncav.text.umt5 import UMT5TextEncoder
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
 
 from test_text import write_tiny_umt5

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from comfyui_syncav.model import ovi_pipeline
-from comfyui_syncav.model.ovi_pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, check_codec_rates
-from comfyui_syncav.model.ovi_variants import find_variant_files, folder_tree_finder, get_variant
+from comfyui_syncav.ovi import pipeline as ovi_pipeline
+from comfyui_syncav.ovi.pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, check_codec_rates
+from comfyui_syncav.ovi.variants import find_variant_files, folder_tree_finder, get_variant
 
 from ovi_stand_ins import StandInMMAudioCodec, StandInUMT5, StandInWanCodec, save_ovi_like, write_ovi_files
 
@@ -111,7 +111,7 @@ def test_cli_generate_with_an_ovi_model_builds_its_prompt_clip_and_negatives(tmp
     """generate --model <Ovi variant>: Ovi's one prompt in the variant's style for both towers, the variant's clip, and
     Ovi's own negatives unless --negative is given (the generation itself, the library's, stood in for)."""
     from comfyui_syncav.cli import main
-    from comfyui_syncav.model import generate
+    from comfyui_syncav.generation import generate
 
     class Generated(Exception):
         pass

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from comfyui_syncav.model.config import OVI_ROPE_SCALE, get_preset
-from comfyui_syncav.model.ovi_prompt import build_ovi_prompt, convert_style, sound_caption, speech_lines
-from comfyui_syncav.model.ovi_sizes import audio_latent_length, frames_for_seconds, latent_lengths, \
+from comfyui_syncav.ovi.prompt import build_ovi_prompt, convert_style, sound_caption, speech_lines
+from comfyui_syncav.ovi.sizes import audio_latent_length, frames_for_seconds, latent_lengths, \
     rope_scale_from_codecs, size_for_aspect, snap_size_to_area, video_latent_frames
-from comfyui_syncav.model.ovi_variants import VARIANTS, find_text_encoder_files, find_variant_files, \
+from comfyui_syncav.ovi.variants import VARIANTS, find_text_encoder_files, find_variant_files, \
     folder_tree_finder, get_variant, recognise_variant, uses_ovi_codecs, variant_from_name
 
 from ovi_stand_ins import StandInMMAudioCodec, StandInUMT5, StandInWanCodec, write_ovi_files
@@ -109,7 +109,7 @@ def test_sound_caption_and_style_conversion():
 def test_empty_negatives_become_ovis_own_per_tower_and_typed_ones_replace_them():
     """SyncAV Text Encode on an Ovi model: an empty (or blank) negative is Ovi's default negative of that tower, as
     Ovi's inference config has them; a typed one is used instead, for its tower only."""
-    from comfyui_syncav.model.ovi_pipeline import OviTextEncoder
+    from comfyui_syncav.ovi.pipeline import OviTextEncoder
     from comfyui_syncav.nodes.text_encode import SyncAVTextEncode
 
     umt5 = StandInUMT5()

@@ -51,7 +51,7 @@ def test_atomic_writes_publish_with_plain_permissions_and_leave_nothing_on_failu
 
     import pytest
 
-    from comfyui_syncav.model.atomic_files import atomic_path, default_file_mode, write_text_atomic
+    from comfyui_syncav.files.atomic import atomic_path, default_file_mode, write_text_atomic
 
     write_text_atomic(tmp_path / "a.txt", "one")
     assert (tmp_path / "a.txt").read_text() == "one"

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import torch
 
-from comfyui_syncav.model.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
-from comfyui_syncav.model.text import EncodedText
+from comfyui_syncav.runtime.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
+from comfyui_syncav.text.interface import EncodedText
 from comfyui_syncav.train.embedded_training import BounceBatches
 from micro_models import micro_pipeline
 
@@ -25,7 +25,7 @@ def _status_in_a_fresh_process(code_before_import: str, env_changes: dict) -> st
     script = textwrap.dedent(f"""
         import torch
         {code_before_import}
-        from comfyui_syncav.model.reproducible_blas import reproducible_blas_status
+        from comfyui_syncav.runtime.reproducible_blas import reproducible_blas_status
         print(reproducible_blas_status())
     """)
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | env_changes

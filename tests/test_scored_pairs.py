@@ -1,4 +1,4 @@
-"""Scored self-sample pairs (train/scored_pairs.py) on a micro joint model with the embedded codecs."""
+"""Scored self-sample pairs (data/scored_pairs.py) on a micro joint model with the embedded codecs."""
 
 import contextlib
 import dataclasses
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_syncav.model.safetensors_io import read_header
-from comfyui_syncav.train.bouncebench import make_clips, split_seeds
-from comfyui_syncav.train.dpo_loss import DPOConfig, PreferenceBatch, av_dpo_loss
-from comfyui_syncav.train.scored_pairs import (CACHE_FILE, ScoredPairsConfig, ScoreWeights, build_scored_pairs,
+from comfyui_syncav.files.safetensors_io import read_header
+from comfyui_syncav.bouncebench.clips import make_clips, split_seeds
+from comfyui_syncav.model.batch import PreferenceBatch
+from comfyui_syncav.train.dpo_loss import DPOConfig, av_dpo_loss
+from comfyui_syncav.data.scored_pairs import (CACHE_FILE, ScoredPairsConfig, ScoreWeights, build_scored_pairs,
                                                caption_balls, score_samples)
 from micro_models import micro_pipeline
 
@@ -207,7 +208,7 @@ def test_clear_errors(built):
 def test_scored_pairs_train_a_lora_through_train_dpo(built, tmp_path):
     from safetensors.torch import load_file
 
-    from comfyui_syncav.model.lora import LoraSpec
+    from comfyui_syncav.runtime.lora import LoraSpec
     from comfyui_syncav.train.dpo_training import DPOTrainingConfig, train_dpo
 
     pipeline, _, pairs = built

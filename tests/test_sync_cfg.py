@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from comfyui_syncav.model.sampling import sample_av
-from comfyui_syncav.model.schedules import FlowSolver, make_scheduler
-from comfyui_syncav.model.sync_cfg import (Pass, StepScales, SyncCFGConditioning, SyncCFGGuidance,
+from comfyui_syncav.guidance.sampling import sample_av
+from comfyui_syncav.guidance.schedules import FlowSolver, make_scheduler
+from comfyui_syncav.guidance.sync_cfg import (Pass, StepScales, SyncCFGConditioning, SyncCFGGuidance,
                                            combine_velocities, guided_velocity, plan_passes)
-from comfyui_syncav.model.text import EncodedText
+from comfyui_syncav.text.interface import EncodedText
 
 CV, F, H, W = 2, 3, 4, 4       # video latent [B, CV, F, H, W]
 LA, CA = 6, 3                  # audio latent [B, LA, CA]

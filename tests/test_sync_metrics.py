@@ -1,4 +1,4 @@
-"""Sync metrics (train/onsets.py, train/motion.py, train/sync_metrics.py) on synthetic clips made here.
+"""Sync metrics (metrics/onsets.py, metrics/motion.py, metrics/sync_metrics.py) on synthetic clips made here.
 
 The clips are a ball bouncing under gravity in a box (floor, ceiling and walls), simulated impact by impact so
 every impact time is exact (it falls between frames), rendered anti-aliased at 32x32 px / 16 fps, with a decaying
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_syncav.train.motion import blob_events, motion_events, track_blobs
-from comfyui_syncav.train.onsets import detect_onsets
-from comfyui_syncav.train.sync_metrics import (
+from comfyui_syncav.metrics.motion import blob_events, motion_events, track_blobs
+from comfyui_syncav.metrics.onsets import detect_onsets
+from comfyui_syncav.metrics.sync_metrics import (
     REPORT_KEYS, analyze_video, av_align, chance_baseline, event_sync, match_events, mean_report, sync_report,
     xcorr_offset,
 )

@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
-from comfyui_syncav.train.curriculum import DEFAULT_CURRICULUM, Curriculum, CurriculumError
-from comfyui_syncav.train.temporal_negatives import (FAMILIES, RULES, ClipLengths, NegativeRuleError, TimeAxes,
+from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
+from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM, Curriculum, CurriculumError
+from comfyui_syncav.negatives.rules import (FAMILIES, RULES, ClipLengths, NegativeRuleError, TimeAxes,
                                                      applicable, audio_mute, audio_reversal, audio_shift, audio_swap,
                                                      audio_tempo, build_negatives, repeat_span, segment_shuffle,
                                                      video_freeze, video_reversal, why_not_applicable)

@@ -1,4 +1,4 @@
-"""Text encoders: the embedded tiny encoder (model/text_tiny.py) and local UMT5 (model/text_umt5.py), no network."""
+"""Text encoders: the embedded tiny encoder (text/embedded.py) and local UMT5 (text/umt5.py), no network."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from comfyui_syncav.model.config import PRESETS, TINY_TEXT_DIM
-from comfyui_syncav.model.text import EncodedText, TextEncoder
-from comfyui_syncav.model.text_tiny import HashTokenizer, TinyTextEncoder
+from comfyui_syncav.text.interface import EncodedText, TextEncoder
+from comfyui_syncav.text.embedded import HashTokenizer, TinyTextEncoder
 
 # ------------------------------------------------------------------------------------------- tiny encoder
 
@@ -71,7 +71,7 @@ def test_tiny_encoder_tells_prompts_apart_and_reads_word_order():
 def test_tiny_encoder_truncates_long_prompts_with_a_warning(caplog):
     encoder = TinyTextEncoder()
     long_prompt = " ".join(f"word{i}" for i in range(40))
-    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.model.text_tiny"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.text.embedded"):
         out = encoder.encode([long_prompt])
     assert out.lengths.tolist() == [32] and out.embeddings.shape == (1, 32, 64)
     assert "40 tokens truncated to 32" in caplog.text
@@ -142,7 +142,7 @@ def umt5_folder(tmp_path_factory):
 
 
 def test_umt5_encodes_real_tokens_and_zeroes_the_rest(umt5_folder):
-    from comfyui_syncav.model.text_umt5 import UMT5TextEncoder
+    from comfyui_syncav.text.umt5 import UMT5TextEncoder
 
     folder, model, tokenizer = umt5_folder
     encoder = UMT5TextEncoder(folder, max_length=16, expected_dim=32)
@@ -163,10 +163,10 @@ def test_umt5_encodes_real_tokens_and_zeroes_the_rest(umt5_folder):
 
 
 def test_umt5_truncates_with_a_warning(umt5_folder, caplog):
-    from comfyui_syncav.model.text_umt5 import UMT5TextEncoder
+    from comfyui_syncav.text.umt5 import UMT5TextEncoder
 
     encoder = UMT5TextEncoder(umt5_folder[0], max_length=6)
-    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.model.text_umt5"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.text.umt5"):
         out = encoder.encode(["a red ball bounces on the floor"])
     assert out.lengths.tolist() == [6] and out.embeddings.shape == (1, 6, 32)
     assert "8 tokens truncated to 6" in caplog.text
@@ -175,7 +175,7 @@ def test_umt5_truncates_with_a_warning(umt5_folder, caplog):
 def test_umt5_loads_a_single_safetensors_file_with_its_config(umt5_folder, tmp_path):
     from safetensors.torch import save_file
 
-    from comfyui_syncav.model.text_umt5 import UMT5TextEncoder
+    from comfyui_syncav.text.umt5 import UMT5TextEncoder
 
     folder, model, _ = umt5_folder
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
@@ -194,7 +194,7 @@ def test_umt5_loads_a_single_safetensors_file_with_its_config(umt5_folder, tmp_p
 def test_umt5_refuses_missing_paths_and_other_models(umt5_folder, tmp_path):
     from safetensors.torch import save_file
 
-    from comfyui_syncav.model.text_umt5 import UMT5TextEncoder
+    from comfyui_syncav.text.umt5 import UMT5TextEncoder
 
     folder = umt5_folder[0]
     with pytest.raises(FileNotFoundError, match="does not exist"):

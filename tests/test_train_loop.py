@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from comfyui_syncav.model.safetensors_io import CheckpointError, save_tensors_atomic
-from comfyui_syncav.train.flow_loss import (AVBatch, FlowLossConfig, av_flow_loss, flow_matching_error,
+from comfyui_syncav.files.safetensors_io import CheckpointError, save_tensors_atomic
+from comfyui_syncav.model.batch import AVBatch
+from comfyui_syncav.train.flow_loss import (FlowLossConfig, av_flow_loss, flow_matching_error,
                                             sample_sigmas, task_rows)
 from comfyui_syncav.train.loop import CHECKPOINT_NAME, TrainConfig, learning_rate, train
 from micro_models import micro_model

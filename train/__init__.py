@@ -1,1 +1,1 @@
-"""Training: data, temporal negatives, losses, the training loop, sync metrics."""
+"""Training: flow-matching and DPO losses, the resumable loop, the DPO/SFT LoRA trainer, the embedded model's training."""

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.lora import disabled_adapters
-from .flow_loss import AVBatch, FlowLossConfig, flow_matching_error, sample_task_sigmas, task_rows
+from ..runtime.lora import disabled_adapters
+from ..model.batch import AVBatch, PreferenceBatch
+from .flow_loss import FlowLossConfig, flow_matching_error, sample_task_sigmas, task_rows
 
 # Default betas per error convention. Diffusion-DPO used beta = 5000 (2000-5000) on the epsilon MSE, a mean over
 # elements. For one x0 error d at noise level s: eps-MSE = ((1-s)/s)^2 d^2, velocity-MSE = d^2/s^2, x0-MSE = d^2
@@ -120,17 +121,6 @@ def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------ the model side
-
-class PreferenceBatch(NamedTuple):
-    """A batch of pairs for the training loop: row i of ``winner`` is preferred to row i of ``loser``."""
-
-    winner: AVBatch
-    loser: AVBatch
-    rules: tuple[str, ...] | None = None     # [B] name of the rule that made each loser (per-rule logs)
-
-    def to(self, device) -> "PreferenceBatch":
-        return PreferenceBatch(self.winner.to(device), self.loser.to(device), self.rules)
-
 
 class PairNoise(NamedTuple):
     """What one step draws, shared by a row's winner and loser."""

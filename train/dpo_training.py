@@ -38,15 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.atomic_files import write_text_atomic
-from ..model.lora import LoraSpec, add_lora, lora_layers, save_lora
-from ..model.safetensors_io import read_header
-from .curriculum import DEFAULT_CURRICULUM, MODES, Curriculum
-from .dpo_loss import DPOConfig, PreferenceBatch, av_dpo_loss
-from .flow_loss import AVBatch, FlowLossConfig, av_flow_loss
+from ..files.atomic import write_text_atomic
+from ..runtime.lora import LoraSpec, add_lora, lora_layers, save_lora
+from ..files.safetensors_io import read_header
+from ..negatives.curriculum import DEFAULT_CURRICULUM, MODES, Curriculum
+from ..model.batch import AVBatch, PreferenceBatch
+from .dpo_loss import DPOConfig, av_dpo_loss
+from .flow_loss import FlowLossConfig, av_flow_loss
 from .loop import CHECKPOINT_NAME, TrainConfig, TrainState, train
 from .plot import render_curves, write_png
-from .temporal_negatives import TimeAxes, build_negatives
+from ..negatives.rules import TimeAxes, build_negatives
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class DPOTrainingConfig:
     lr: float = 2e-4                      # LoRA learning rate; 1e-4 .. 5e-4 is the usual range for rank 8-32
     lora: LoraSpec = field(default_factory=LoraSpec)
     dpo: DPOConfig = field(default_factory=DPOConfig)
-    # A Curriculum, its JSON text or its dict form (see train/curriculum.py).
+    # A Curriculum, its JSON text or its dict form (see negatives/curriculum.py).
     curriculum: Curriculum | str | dict | list = DEFAULT_CURRICULUM
     curriculum_mode: str | None = None    # ablation override of the curriculum's mode ("none": all rules from step 0)
     families: tuple[str, ...] | None = None   # ablation: keep only these rule families (None: as the curriculum says)

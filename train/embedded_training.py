@@ -19,13 +19,14 @@ from typing import Mapping
 import torch
 
 from ..model.checkpoint import load_joint_model, save_joint_model
-from ..model.codec_tiny import TinyAudioCodec, TinyVideoCodec
+from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from ..model.joint import JointModel
-from ..model.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_TEXT_FILE, embedded_config
-from ..model.text import EncodedText
-from ..model.text_tiny import TinyTextEncoder
-from .bouncebench import STANDARD, make_batch, split_seeds
-from .flow_loss import AVBatch, FlowLossConfig, av_flow_loss
+from ..generation.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_TEXT_FILE, embedded_config
+from ..text.interface import EncodedText
+from ..text.embedded import TinyTextEncoder
+from ..bouncebench.clips import STANDARD, make_batch, split_seeds
+from ..model.batch import AVBatch
+from .flow_loss import FlowLossConfig, av_flow_loss
 from .loop import CHECKPOINT_NAME, StepCallback, TrainConfig, TrainResult, train
 from .plot import render_curves, write_png
 
@@ -132,10 +133,10 @@ def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=N
     output folder (``model.atomic_files.check_output_path``: writable, no folder where a file goes, no written file
     that is the init file or a shipped one); and the init weights.
     """
-    from ..model.atomic_files import check_output_path
-    from ..model.generate import check_fits_memory, clip_host_bytes
-    from ..model.safetensors_io import CheckpointError
-    from .bouncebench import SPLITS
+    from ..files.atomic import check_output_path
+    from ..generation.generate import check_fits_memory, clip_host_bytes
+    from ..files.safetensors_io import CheckpointError
+    from ..bouncebench.clips import SPLITS
 
     name = {**ARGUMENT_NAMES, **(names or {})}
     batch, start, steps = recipe.batch_size, recipe.data_start_step, recipe.train.steps

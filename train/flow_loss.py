@@ -16,23 +16,11 @@ over its own rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
+from ..model.batch import AVBatch
 from ..model.joint import JointModel
-
-
-class AVBatch(NamedTuple):
-    video: torch.Tensor             # [B, Cv, F, H, W] clean video latents
-    audio: torch.Tensor             # [B, La, Ca] clean audio latents
-    text_video: torch.Tensor        # [B, Lt, Dt] zero-padded
-    text_audio: torch.Tensor        # [B, Lt, Dt]
-    text_video_lengths: torch.Tensor | None = None   # [B]
-    text_audio_lengths: torch.Tensor | None = None   # [B]
-
-    def to(self, device) -> "AVBatch":
-        return AVBatch(*(None if t is None else t.to(device) for t in self))
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..model.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
-from ..model.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+from ..runtime.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
+from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from ..model.atomic_files import atomic_path
+from ..files.atomic import atomic_path
 
 SERIES_COLOURS_RGB = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
                       (140, 86, 75)]

@@ -37,10 +37,10 @@ import torch  # noqa: E402
 
 from bad_input.test_weight_files import lora_tensors  # noqa: E402
 from comfyui_syncav.model.checkpoint import load_joint_model, save_joint_model  # noqa: E402
-from comfyui_syncav.model.lora import apply_lora, check_lora_fits, load_lora  # noqa: E402
-from comfyui_syncav.model.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig, load_mmaudio_vae  # noqa: E402
-from comfyui_syncav.model.safetensors_io import count_non_finite, save_tensors_atomic  # noqa: E402
-from comfyui_syncav.model.text_tiny import TinyTextEncoder  # noqa: E402
+from comfyui_syncav.runtime.lora import apply_lora, check_lora_fits, load_lora  # noqa: E402
+from comfyui_syncav.codecs.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig, load_mmaudio_vae  # noqa: E402
+from comfyui_syncav.files.safetensors_io import count_non_finite, save_tensors_atomic  # noqa: E402
+from comfyui_syncav.text.embedded import TinyTextEncoder  # noqa: E402
 from micro_models import micro_model  # noqa: E402
 
 SECONDS_PER_LOAD = 20        # a load slower than this is a hang (the valid files load in milliseconds)

@@ -19,12 +19,12 @@ import pytest
 import torch
 from bad_input.harness import BadInput, expect_cli_error, files_under, params
 
-from comfyui_syncav.model import convert_checkpoint as convert_module
-from comfyui_syncav.model import generate as generate_module
-from comfyui_syncav.model.pipeline import EMBEDDED_MODEL_FILE
-from comfyui_syncav.train import bouncebench as bouncebench_module
+from comfyui_syncav.ovi import convert as convert_module
+from comfyui_syncav.generation import generate as generate_module
+from comfyui_syncav.generation.pipeline import EMBEDDED_MODEL_FILE
+from comfyui_syncav.bouncebench import clips as bouncebench_module
 from comfyui_syncav.train import embedded_training as training_module
-from comfyui_syncav.train import evaluation as evaluation_module  # noqa: F401  (imported before the timing)
+from comfyui_syncav.bouncebench import evaluation as evaluation_module  # noqa: F401  (imported before the timing)
 
 MEMORY_LIMIT_BYTES = 4 * 2 ** 30
 SECONDS_PER_CASE = 1.0
@@ -51,8 +51,8 @@ def _no_work(monkeypatch):
 @pytest.fixture(scope="module")
 def lora_bytes(tmp_path_factory) -> bytes:
     """A valid LoRA of the embedded default (random, small), as bytes to copy into each case's folder."""
-    from comfyui_syncav.model.lora import LoraSpec, add_lora, save_lora
-    from comfyui_syncav.model.pipeline import build_embedded_default
+    from comfyui_syncav.runtime.lora import LoraSpec, add_lora, save_lora
+    from comfyui_syncav.generation.pipeline import build_embedded_default
 
     model = build_embedded_default().model
     add_lora(model, LoraSpec(rank=2, targets=("ffn",)))
@@ -379,7 +379,7 @@ def test_a_write_error_after_the_checks_is_one_line_naming_the_output(tmp_path, 
     """A folder that turns read-only while the command runs (after the up-front checks): ``cli.main`` turns the
     OSError into one line naming the output, not the temporary file, and leaves nothing behind."""
     from comfyui_syncav.cli import main
-    from comfyui_syncav.model import atomic_files
+    from comfyui_syncav.files import atomic as atomic_files
 
     def failing_replace(source, target):
         raise PermissionError(13, "Permission denied", source, target)

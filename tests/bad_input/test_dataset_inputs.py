@@ -1,4 +1,4 @@
-"""Bad and edge inputs for clip folders: the AV dataset (train/av_dataset.py), its decoder (model/media_io.py) and the
+"""Bad and edge inputs for clip folders: the AV dataset (data/av_dataset.py), its decoder (files/media_io.py) and the
 SyncAV AV Dataset node. Clips are made tiny with PyAV by ``write_test_clip`` (tests/test_av_dataset.py), so each case
 runs in well under a second.
 
@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from bad_input.harness import BadInput, expect_error, params
-from comfyui_syncav.model.media_io import decode_clip
-from comfyui_syncav.model.text_tiny import TinyTextEncoder
+from comfyui_syncav.files.media_io import decode_clip
+from comfyui_syncav.text.embedded import TinyTextEncoder
 from comfyui_syncav.nodes.dataset import SyncAVDataset
 from comfyui_syncav.nodes.loader import SyncAVCodecs
-from comfyui_syncav.train.av_dataset import MAX_CAPTION_BYTES, AVClipDataset, AVDatasetError
+from comfyui_syncav.data.av_dataset import MAX_CAPTION_BYTES, AVClipDataset, AVDatasetError
 from micro_models import micro_pipeline
 from test_av_dataset import frame_level, write_test_clip
 
@@ -132,7 +132,7 @@ def _setting(**settings):
 
 def _with_codecs(**settings):
     def setup(tmp_path):
-        from comfyui_syncav.model.codec_tiny import TinyAudioCodec, TinyVideoCodec
+        from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
         codecs = dict(video_codec=TinyVideoCodec(), audio_codec=TinyAudioCodec(), text_encoder=TinyTextEncoder())
         return lambda: load(tmp_path / "not-read", **codecs, **settings)
     return setup
@@ -216,7 +216,7 @@ def test_a_skipped_clip_is_named_in_the_log_and_the_report_while_the_others_load
     write_test_clip(folder / "good.mp4")
     write_test_clip(folder / "silent.mp4", audio=False)
     (folder / "stray.txt").write_text("no clip")
-    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.train.av_dataset"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_syncav.data.av_dataset"):
         ds = load(folder)
     assert [c.name for c in ds.clips] == ["good.mp4"]
     assert dict(ds.skipped) == {"silent.mp4": "no audio track",

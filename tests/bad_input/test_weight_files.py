@@ -18,16 +18,16 @@ import pytest
 import torch
 
 from bad_input.harness import BadInput, expect_cli_error, expect_error, files_under, params
-from comfyui_syncav.model.bigvgan import BigVGANConfig, BigVGANGenerator, load_bigvgan, unfold_weight_norm
+from comfyui_syncav.codecs.bigvgan import BigVGANConfig, BigVGANGenerator, load_bigvgan, unfold_weight_norm
 from comfyui_syncav.model.checkpoint import CONFIG_METADATA_KEY, load_joint_model, save_joint_model
-from comfyui_syncav.model.codec_mmaudio import MMAudioCodec
-from comfyui_syncav.model.codec_wan import VAE_CONFIG_METADATA_KEY, WanVideoCodec
-from comfyui_syncav.model.convert_checkpoint import convert_checkpoint
-from comfyui_syncav.model.fp8_ops import layer_weight_keys
-from comfyui_syncav.model.lora import apply_lora, check_lora_fits, load_lora
-from comfyui_syncav.model.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig, load_mmaudio_vae
-from comfyui_syncav.model.safetensors_io import count_non_finite, save_tensors_atomic
-from comfyui_syncav.model.text_tiny import TinyTextEncoder
+from comfyui_syncav.codecs.mmaudio import MMAudioCodec
+from comfyui_syncav.codecs.wan import VAE_CONFIG_METADATA_KEY, WanVideoCodec
+from comfyui_syncav.ovi.convert import convert_checkpoint
+from comfyui_syncav.runtime.fp8 import layer_weight_keys
+from comfyui_syncav.runtime.lora import apply_lora, check_lora_fits, load_lora
+from comfyui_syncav.codecs.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig, load_mmaudio_vae
+from comfyui_syncav.files.safetensors_io import count_non_finite, save_tensors_atomic
+from comfyui_syncav.text.embedded import TinyTextEncoder
 from micro_models import micro_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,7 +85,7 @@ def good(tmp_path_factory):
     """Valid tiny files and state dicts every case starts from (checked to load in ``test_the_good_files_load``)."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
-    from comfyui_syncav.model.codec_wan import WAN22_VAE_CONFIG, wan22_vae_state_dict_to_original
+    from comfyui_syncav.codecs.wan import WAN22_VAE_CONFIG, wan22_vae_state_dict_to_original
 
     folder = tmp_path_factory.mktemp("good")
     model = micro_model()
@@ -541,7 +541,7 @@ def _umt5(tmp_path, weights: dict[str, torch.Tensor] | None = None):
     tokenizer beside it."""
     from test_text import write_tiny_umt5
 
-    from comfyui_syncav.model.text_umt5 import UMT5TextEncoder
+    from comfyui_syncav.text.umt5 import UMT5TextEncoder
 
     folder = tmp_path / "umt5"
     model, _ = write_tiny_umt5(folder)

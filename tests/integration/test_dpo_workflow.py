@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from comfyui_syncav.model.safetensors_io import read_header
-from comfyui_syncav.train.curriculum import DEFAULT_CURRICULUM
+from comfyui_syncav.files.safetensors_io import read_header
+from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
 
 TRAINER = "3"
 LORA_FOLDER = "syncav_lora"

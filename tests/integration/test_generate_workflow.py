@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_syncav.model.media_io import probe_mp4
+from comfyui_syncav.files.media_io import probe_mp4
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -37,11 +37,11 @@ from test_ovi_end_to_end import tiny_ovi_config, write_published_audio_files, wr
 
 from comfyui_syncav.cli import main
 from comfyui_syncav.model.checkpoint import CONFIG_METADATA_KEY
-from comfyui_syncav.model.fp8_ops import layer_weight_keys, quantize_to_fp8
+from comfyui_syncav.runtime.fp8 import layer_weight_keys, quantize_to_fp8
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.model.media_io import probe_mp4
-from comfyui_syncav.model.ovi_variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER
-from comfyui_syncav.model.safetensors_io import read_header, save_tensors_atomic
+from comfyui_syncav.files.media_io import probe_mp4
+from comfyui_syncav.ovi.variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER
+from comfyui_syncav.files.safetensors_io import read_header, save_tensors_atomic
 
 from .probe_nodes import TINY_UMT5_XXL_CONFIG
 

@@ -24,8 +24,8 @@ from workflow_files import WORKFLOWS_DIR, workflow_names
 from comfyui_syncav.cli import main
 from comfyui_syncav.headless import runner
 from comfyui_syncav.headless.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_workflow
-from comfyui_syncav.model.media_io import probe_mp4
-from comfyui_syncav.model.safetensors_io import read_header
+from comfyui_syncav.files.media_io import probe_mp4
+from comfyui_syncav.files.safetensors_io import read_header
 
 CPU_WORKFLOWS = [name for name in workflow_names() if name != "generate_ovi"]
 # What each CPU workflow saves: mp4 files, all of the shipped clip length.

@@ -15,6 +15,6 @@ def test_server_starts_and_package_imports(comfy_server):
     assert not failed, "ComfyUI failed to import the package:\n" + "\n".join(failed) + "\n" + comfy_server.log_tail()
     # ComfyUI logs every custom-node folder it imported in its "Import times for custom nodes" table
     assert any(PACKAGE in line and "seconds" in line for line in log.splitlines()), comfy_server.log_tail()
-    # The package switched MKL's reproducible mode on before ComfyUI computed anything (model/reproducible_blas.py):
+    # The package switched MKL's reproducible mode on before ComfyUI computed anything (runtime/reproducible_blas.py):
     # otherwise it warns, and a resumed DPO run in this server would not repeat the straight one bit for bit.
     assert "reproducible mode is unavailable" not in log, comfy_server.log_tail()

@@ -25,9 +25,9 @@ from workflow_files import (OBJECT_INFO_FIXTURE, WORKFLOWS_DIR, api_workflow_nam
                             load_object_info_fixture, load_ui, prompt_of, snapshot_of, workflow_names)
 
 from comfyui_syncav.headless.ui_to_api import ui_to_api
-from comfyui_syncav.model.atomic_files import write_text_atomic
-from comfyui_syncav.model.media_io import probe_mp4
-from comfyui_syncav.model.safetensors_io import read_header
+from comfyui_syncav.files.atomic import write_text_atomic
+from comfyui_syncav.files.media_io import probe_mp4
+from comfyui_syncav.files.safetensors_io import read_header
 from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
 
 from .conftest import PACKAGE_DIR_NAME

@@ -1,0 +1,1 @@
+"""Training data: clip folders (decoding, captions, latent cache) and scored preference pairs."""

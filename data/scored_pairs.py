@@ -1,0 +1,586 @@
+"""Preference pairs from the model's own samples, ranked by a sync score (V2A-DPO style), served easy -> hard.
+
+The second DPO pair source of DESIGN.md section 3. For each prompt the current model draws K samples
+(``model.sampling.sample_av`` with the config's guidance; the noise of sample k of prompt i is seeded by
+``(config.seed, i, k)``), each is decoded and scored by ``score_samples`` (sync first, small quality terms so that
+degenerate samples lose ties), and the best sample (winner) is paired with the worst (loser). The pair keeps the
+sampled LATENTS (not a re-encode of the decoded media: DPO then scores exactly what the model produced) and the
+prompt's text embeddings. Pairs whose score gap is below ``min_gap`` are dropped; the rest are ordered easy -> hard,
+largest gap first, and ``ScoredPairs.batches`` serves them in that order to the DPO loop (a curriculum by gap).
+
+Sampling is the expensive part, so everything is cached in ``cache_dir/pairs.safetensors`` (atomic write): the
+pairs of every prompt (before the ``min_gap`` filter, which is applied on load), the text embeddings, every
+sample's score and metrics, and the metadata (prompts, config JSON, model names). The cache is keyed by a hash of
+the prompts, the config (all but ``min_gap``), the prompts' text embeddings and a fingerprint of the model's
+weights (``model_fingerprint``), so a call with the same prompts and config loads it and a changed model
+(e.g. after a DPO round trained its LoRA) samples again.
+
+The score (``score_samples``, one number per clip, higher is better) is a weighted sum of terms:
+
+* ``event_f1_margin`` (weight 1 by default): event F1 (metrics/sync_metrics.py) minus the clip's own chance F1, the F1
+  of its video against its audio circularly shifted by 1/9 .. 8/9 of the clip, floored at 0. Like the benchmark's
+  F1 - chance margin (NOTES.md, lesson 4), it rewards timing, not event density: a clip that clicks everywhere
+  matches its shifted audio as well as its own and gains nothing. The floor keeps a silent or frozen sample (F1 0,
+  chance 0) from beating an audible off-beat one on sync: below chance is noise, not evidence.
+* ``event_f1`` (0), ``offset`` (0: minus the median |audio - visual| offset of matched events in frames, capped at
+  one frame; no match counts as the cap), ``av_align`` (0): the other sync readings, for mixes.
+* quality proxies against the caption's balls (BounceBench captions; other prompts get 0 for these):
+  ``blob_count`` (0.05: share of frames showing the caption's number of balls, ``evaluation.video_quality``),
+  ``pitch`` (0.05: 1 - 2 x the octaves between the dominant impact pitch and the nearest caption fundamental,
+  floored at 0, ``evaluation.audio_quality``), ``colour`` (0: 1 - tracked colour error / sqrt 3). Small weights:
+  they only decide between samples of equal sync, so a black video or a silent track loses.
+
+A plain library (torch + numpy, no ComfyUI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..generation.generate import MAX_SEED, initial_noise
+from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+from ..guidance.sampling import sample_av
+from ..guidance.schedules import check_schedule_args
+from ..guidance.sync_cfg import SyncCFGGuidance
+from ..text.interface import EncodedText
+from ..bouncebench.clips import BALL_CLASSES, STANDARD
+from ..bouncebench.evaluation import audio_quality, jsonable, video_quality
+from ..model.batch import AVBatch, PreferenceBatch
+from ..metrics.sync_metrics import analyze_audio, analyze_video, event_sync, score_pair
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CACHE_FILE", "CHANCE_SHIFTS", "ScoreWeights", "ScoredPairsConfig", "ScoredPairs", "ScoredPairBatches",
+           "caption_balls", "score_samples", "sample_seed", "model_fingerprint", "build_scored_pairs"]
+
+CACHE_FILE = "pairs.safetensors"
+CACHE_FORMAT = "syncav-scored-pairs-v1"
+# Part of the cache key: bump it whenever score_samples changes what it returns, so old caches are not reused.
+SCORING_VERSION = 1
+# Circular shifts of the audio (fractions of the clip) whose mean event F1 is a clip's own chance F1: eight, evenly
+# spread, the nearest 1/9 of the clip away from the true timing (3.6 frames of a 2 s clip at 16 fps).
+CHANCE_SHIFTS = tuple(k / 9 for k in range(1, 9))
+# Nominal ball radius for the blob tracker's size reading, in BounceBench standard-frame pixels.
+_NOMINAL_RADIUS_PX = sum(STANDARD.radius_px) / 2
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """Weights of the score's terms (see the module docstring); the score is ``sum(weight * term)``."""
+
+    event_f1_margin: float = 1.0    # max(0, event F1 - the clip's own chance F1 (audio circularly shifted)), 0..1
+    event_f1: float = 0.0           # event F1, 0..1
+    offset: float = 0.0             # -median |offset| of matched events in frames, capped at 1 (no match: -1), -1..0
+    av_align: float = 0.0           # AV-Align, 0..1
+    blob_count: float = 0.05        # share of frames with the caption's number of balls, 0..1
+    pitch: float = 0.05             # 1 - 2 x octaves from the dominant pitch to the nearest caption fundamental, 0..1
+    colour: float = 0.0             # 1 - RGB error of the tracked balls / sqrt(3), 0..1
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _finite(value):
+                raise ValueError(f"ScoreWeights.{f.name}: expected a finite number, got {value!r}")
+        if not any(getattr(self, f.name) for f in dataclasses.fields(self)):
+            raise ValueError("ScoreWeights: every weight is 0, so every sample would score 0; give at least one "
+                             "term a weight (event_f1_margin=1 is the default)")
+
+
+@dataclass(frozen=True)
+class ScoredPairsConfig:
+    """How the pairs are sampled, scored and filtered.
+
+    samples_per_prompt: K samples per prompt (>= 2); the best and the worst make the prompt's pair.
+    steps / solver / shift / guidance: the sampler's (``sample_av``). The default guidance is text CFG alone, so the
+        pairs show the model's own sync rather than SyncCFG's.
+    seconds / height_px / width_px: the clip size (``AVPipeline.latent_shapes``). negative_prompt: for text CFG.
+    weights: ``ScoreWeights`` (or a dict of them). min_gap: pairs whose winner - loser score gap is below it are
+        dropped (a gap of 0, no preference at all, always is). seed: with the prompt index and k, seeds each noise.
+    sample_batch_size: samples per sampler call (rows of one batched forward; any prompts mixed).
+    """
+
+    samples_per_prompt: int = 4
+    steps: int = 25
+    solver: str = "unipc"
+    shift: float = 3.0
+    guidance: SyncCFGGuidance = field(default_factory=lambda: SyncCFGGuidance(text_scale_video=4.0,
+                                                                              text_scale_audio=4.0))
+    seconds: float = 2.0
+    height_px: int = 32
+    width_px: int = 32
+    negative_prompt: str = ""
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+    min_gap: float = 0.05
+    seed: int = 0
+    sample_batch_size: int = 4
+
+    def __post_init__(self):
+        if isinstance(self.guidance, dict):
+            object.__setattr__(self, "guidance", SyncCFGGuidance(**self.guidance))
+        if isinstance(self.weights, dict):
+            object.__setattr__(self, "weights", ScoreWeights(**self.weights))
+        k = self.samples_per_prompt
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"ScoredPairsConfig.samples_per_prompt: expected an integer >= 2 (a pair needs a best "
+                             f"and a worst sample), got {k!r}")
+        check_schedule_args(self.solver, self.steps, self.shift)
+        if not isinstance(self.guidance, SyncCFGGuidance):
+            raise ValueError(f"ScoredPairsConfig.guidance: expected a SyncCFGGuidance, got "
+                             f"{type(self.guidance).__name__}")
+        if not isinstance(self.weights, ScoreWeights):
+            raise ValueError(f"ScoredPairsConfig.weights: expected a ScoreWeights, got {type(self.weights).__name__}")
+        if not (_finite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"ScoredPairsConfig.seconds: expected a positive duration, got {self.seconds!r}")
+        for name in ("height_px", "width_px", "sample_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ScoredPairsConfig.{name}: expected an integer >= 1, got {value!r}")
+        if not (_finite(self.min_gap) and self.min_gap >= 0):
+            raise ValueError(f"ScoredPairsConfig.min_gap: expected a number >= 0, got {self.min_gap!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"ScoredPairsConfig.seed: expected an integer in 0..{MAX_SEED}, got {self.seed!r}")
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"ScoredPairsConfig.negative_prompt: expected a string, got "
+                             f"{type(self.negative_prompt).__name__}")
+
+    def to_dict(self) -> dict:
+        return jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def with_changes(self, **changes) -> "ScoredPairsConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+_BALL_WORD = re.compile(r"\b(?:a|an)\s+([a-z]+)\s+ball\b")
+
+
+def caption_balls(caption: str) -> list[dict]:
+    """The balls a BounceBench-style caption names, in order ('an orange ball and a blue ball bouncing, ...' ->
+    orange, blue), as ``video_quality``'s ``balls`` (colour, rgb, nominal radius_px, fundamental_hz); [] when the
+    caption names none of ``BALL_CLASSES``."""
+    balls = []
+    for word in _BALL_WORD.findall(str(caption).lower()):
+        kind = BALL_CLASSES.get(word)
+        if kind is not None:
+            balls.append({"colour": kind.colour_name, "rgb": list(kind.rgb), "radius_px": _NOMINAL_RADIUS_PX,
+                          "fundamental_hz": kind.fundamental_hz})
+    return balls
+
+
+def _chance_f1(visual_s: np.ndarray, onsets_s: np.ndarray, duration_s: float, tolerance_s: float) -> float:
+    """Mean event F1 of the visual events against the onsets circularly shifted by ``CHANCE_SHIFTS`` of the clip."""
+    if visual_s.size == 0 or onsets_s.size == 0:
+        return 0.0
+    f1 = [event_sync(visual_s, np.mod(onsets_s + s * duration_s, duration_s), tolerance_s)["f1"]
+          for s in CHANCE_SHIFTS]
+    return float(np.mean(f1))
+
+
+def _score_one(frames, waveform, fps: float, sample_rate_hz: float, caption: str, weights: ScoreWeights
+               ) -> tuple[float, dict]:
+    video = analyze_video(frames, fps)
+    audio = analyze_audio(waveform, sample_rate_hz)
+    report = score_pair(video, audio)
+    tolerance_s = 1.0 / video.fps
+    onsets_s = audio.onset_times_s[audio.onset_times_s < video.duration_s]     # what score_pair matched against
+    chance = _chance_f1(video.event_times_s, onsets_s, video.duration_s, tolerance_s)
+    offset_frames = report["median_offset_ms"] / (1000.0 * tolerance_s)
+    margin = report["event_f1"] - chance
+    terms = {
+        # Below chance is no sync evidence, not negative evidence (a single clip's chance is noisy); clipped so an
+        # audible off-beat sample never loses to a silent or frozen one on sync, only the quality terms decide.
+        "event_f1_margin": max(0.0, margin),
+        "event_f1": report["event_f1"],
+        "offset": -min(offset_frames, 1.0) if math.isfinite(offset_frames) else -1.0,
+        "av_align": report["av_align"],
+        "blob_count": 0.0, "pitch": 0.0, "colour": 0.0,
+    }
+    details = {**report, "chance_event_f1": chance, "event_f1_margin": margin}
+    balls = caption_balls(caption)
+    if balls:
+        quality = video_quality(frames, balls, STANDARD.size_px)
+        # No reference recording here: an all-zero one makes the spectral distance None and leaves the pitch.
+        sound = audio_quality(waveform, sample_rate_hz, np.zeros((1, 1)), sample_rate_hz,
+                              [b["fundamental_hz"] for b in balls], onsets_s=audio.onset_times_s)
+        details.update(quality)
+        details.update(sound)
+        terms["blob_count"] = quality["video_blob_count_ok"]
+        if quality["video_colour_error"] is not None:
+            terms["colour"] = 1.0 - quality["video_colour_error"] / math.sqrt(3.0)
+        peak = sound["audio_peak_hz"]
+        if peak is not None and peak > 0:
+            octaves = min(abs(math.log2(peak / b["fundamental_hz"])) for b in balls)
+            terms["pitch"] = max(0.0, 1.0 - 2.0 * octaves)
+    score = float(sum(getattr(weights, name) * value for name, value in terms.items()))
+    details["terms"] = terms
+    details["score"] = score
+    return score, jsonable(details)
+
+
+def score_samples(frames, waveform, fps: float, sample_rate_hz: float, caption: str | Sequence[str],
+                  weights: ScoreWeights | None = None):
+    """Score clips for sync (and a little quality); higher is better.
+
+    One clip: frames ``[F, H, W, 3]`` in 0..1, waveform ``[C, T]`` (or ``[T]``), caption a string ->
+    ``(score, details)``. A batch: frames ``[B, F, H, W, 3]``, waveform ``[B, C, T]``, caption one string or B
+    strings -> ``(scores np.ndarray [B], [details] * B)``.
+    details: the ``sync_report`` keys, ``chance_event_f1`` and ``event_f1_margin``, the quality proxies when the
+    caption names BounceBench balls (``video_quality`` / ``audio_quality`` keys), ``terms`` (each term before
+    weighting) and ``score``; JSON-able (undefined numbers are None).
+    """
+    weights = ScoreWeights() if weights is None else weights
+    if isinstance(weights, dict):
+        weights = ScoreWeights(**weights)
+    ndim = len(getattr(frames, "shape", ()))
+    if ndim == 4:
+        if not isinstance(caption, str):
+            raise ValueError(f"caption: expected one string for one clip, got {type(caption).__name__}")
+        return _score_one(frames, waveform, fps, sample_rate_hz, caption, weights)
+    if ndim != 5:
+        raise ValueError(f"frames: expected [F, H, W, 3] (one clip) or [B, F, H, W, 3] (a batch), got shape "
+                         f"{tuple(getattr(frames, 'shape', ())) or type(frames).__name__}")
+    batch = frames.shape[0]
+    if len(getattr(waveform, "shape", ())) != 3 or waveform.shape[0] != batch:
+        raise ValueError(f"waveform: expected [B={batch}, C, T] for a batch of frames, got shape "
+                         f"{tuple(getattr(waveform, 'shape', ()))}")
+    captions = [caption] * batch if isinstance(caption, str) else list(caption)
+    if len(captions) != batch:
+        raise ValueError(f"caption: expected one string or {batch}, got {len(captions)}")
+    results = [_score_one(frames[i], waveform[i], fps, sample_rate_hz, captions[i], weights) for i in range(batch)]
+    return np.asarray([r[0] for r in results], dtype=np.float64), [r[1] for r in results]
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+def sample_seed(seed: int, prompt_index: int, k: int) -> int:
+    """The noise seed of sample ``k`` of prompt ``prompt_index``: a 64-bit hash of the three numbers."""
+    digest = hashlib.sha256(f"syncav-scored-pairs/{int(seed)}/{int(prompt_index)}/{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+_PROBES = 16     # elements read from every tensor for the fingerprint (besides its sum and sum of squares)
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """A hex fingerprint of a module's weights: names, shapes and dtypes of every state-dict tensor, plus its sum,
+    sum of squares and 16 evenly spaced elements. Not a full hash (that would read every byte through the CPU),
+    but any training step, LoRA update or edited weight changes it. Computed on the tensors' device, one transfer.
+    """
+    hasher = hashlib.sha256()
+    readings = []
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict().items()):
+            hasher.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()
+                                           or tensor.dtype in (torch.int64, torch.int32, torch.bool)):
+                continue
+            flat = tensor.detach().reshape(-1)
+            flat = flat.float() if not tensor.is_complex() else torch.view_as_real(flat).reshape(-1).float()
+            index = torch.linspace(0, flat.numel() - 1, min(_PROBES, flat.numel()), device=flat.device).long()
+            readings.append(torch.cat([flat.sum().view(1), flat.square().sum().view(1), flat[index]]))
+    if readings:
+        device = readings[0].device
+        hasher.update(torch.cat([r.to(device) for r in readings]).cpu().numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    hasher = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().float().cpu().contiguous()
+        hasher.update(f"{tuple(t.shape)};".encode())
+        hasher.update(t.numpy().tobytes())
+    return hasher.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ the pairs
+
+class ScoredPairBatches:
+    """``make_batch(step, generator) -> PreferenceBatch`` over ``ScoredPairs`` in their easy -> hard order.
+
+    Step k takes rows ``k * batch_size ... (k + 1) * batch_size - 1`` of the order, modulo the number of pairs
+    (cycling; a batch larger than the set repeats pairs). The generator is not used: a step's batch depends on the
+    step alone, so a resumed run rebuilds it.
+    """
+
+    def __init__(self, pairs: "ScoredPairs", batch_size: int, device=None, rule: str | None = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batches: batch_size must be an integer >= 1, got {batch_size!r}")
+        self.pairs, self.batch_size = pairs, batch_size
+        self.device = None if device is None else torch.device(device)
+        self.rule = rule
+
+    def rows(self, step: int) -> torch.Tensor:
+        """[batch_size] indices into the (easy -> hard) pairs used at ``step``."""
+        start = int(step) * self.batch_size
+        return (start + torch.arange(self.batch_size)) % len(self.pairs)
+
+    def __call__(self, step: int, generator: torch.Generator | None = None) -> PreferenceBatch:
+        p = self.pairs
+        rows = self.rows(step)
+        # The embeddings as the sampler saw them, padding included (an unmasked model reads the padding rows too).
+        text, lengths = p.text[rows], p.text_lengths[rows]
+        winner = AVBatch(p.winner_video[rows], p.winner_audio[rows], text, text, lengths, lengths)
+        loser = AVBatch(p.loser_video[rows], p.loser_audio[rows], text, text, lengths, lengths)
+        batch = PreferenceBatch(winner, loser, None if self.rule is None else (self.rule,) * self.batch_size)
+        return batch if self.device is None else batch.to(self.device)
+
+
+@dataclass
+class ScoredPairs:
+    """Winner / loser latent pairs of the model's own samples, ordered easy -> hard (score gap descending).
+
+    Row i: ``winner_video`` / ``loser_video`` [N, Cv, F, H, W], ``winner_audio`` / ``loser_audio`` [N, La, Ca]
+    (float32, CPU: the sampled latents), ``text`` [N, L, D] + ``text_lengths`` [N] (the prompt's embedding, for both
+    towers), ``winner_score`` / ``loser_score`` [N], ``prompt_index`` [N] (into ``prompts``), ``winner_k`` /
+    ``loser_k`` [N] (which of the prompt's samples). ``scores`` [P, K]: every sample's score, ``details`` [P][K]: its
+    metrics. ``dropped``: pairs below ``config.min_gap``.
+    """
+
+    winner_video: torch.Tensor
+    winner_audio: torch.Tensor
+    loser_video: torch.Tensor
+    loser_audio: torch.Tensor
+    text: torch.Tensor
+    text_lengths: torch.Tensor
+    winner_score: torch.Tensor
+    loser_score: torch.Tensor
+    prompt_index: torch.Tensor
+    winner_k: torch.Tensor
+    loser_k: torch.Tensor
+    prompts: list[str]
+    scores: torch.Tensor
+    details: list[list[dict]]
+    dropped: int
+    config: ScoredPairsConfig
+    model_name: str = ""
+    from_cache: bool = False
+    cache_path: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.winner_video.shape[0])
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """[N] winner score - loser score, descending."""
+        return self.winner_score - self.loser_score
+
+    def batches(self, batch_size: int, device=None, rule: str | None = None) -> ScoredPairBatches:
+        """The DPO loop's ``make_batch(step, generator) -> PreferenceBatch``: ``batch_size`` pairs a step, easy -> hard,
+        cycling (see ``ScoredPairBatches``). rule: a name for the rows' per-rule logs (None: no per-rule logs)."""
+        return ScoredPairBatches(self, batch_size, device, rule)
+
+    def summary(self) -> dict:
+        gap = self.gap
+        return jsonable({"pairs": len(self), "dropped": self.dropped, "prompts": len(self.prompts),
+                         "samples_per_prompt": self.config.samples_per_prompt,
+                         "largest_gap": float(gap.max()) if len(self) else None,
+                         "smallest_gap": float(gap.min()) if len(self) else None,
+                         "mean_winner_score": float(self.winner_score.mean()) if len(self) else None,
+                         "mean_loser_score": float(self.loser_score.mean()) if len(self) else None,
+                         "mean_sample_score": float(self.scores.mean()), "from_cache": self.from_cache})
+
+
+def _assemble(store: dict[str, torch.Tensor], prompts: list[str], details: list[list[dict]],
+              config: ScoredPairsConfig, model_name: str, from_cache: bool, cache_path: Path | None) -> ScoredPairs:
+    """Per-prompt pairs (prompt order) -> the min_gap filter and the easy -> hard order."""
+    winner_k, loser_k = store["winner_k"], store["loser_k"]
+    scores = store["scores"]
+    rows = torch.arange(len(prompts))
+    winner_score, loser_score = scores[rows, winner_k], scores[rows, loser_k]
+    gap = winner_score - loser_score
+    keep = (gap > 0) & (gap >= config.min_gap)
+    if not bool(keep.any()):
+        raise ValueError(
+            f"build_scored_pairs: no pair reaches min_gap={config.min_gap:g}: all {len(prompts)} pairs were dropped "
+            f"(largest score gap {float(gap.max()):.4g}, from prompt {int(gap.argmax())}: "
+            f"{prompts[int(gap.argmax())]!r}); lower min_gap, draw more samples per prompt or use more prompts")
+    kept = torch.nonzero(keep).flatten()
+    # Easy -> hard: largest gap first; equal gaps keep the prompt order (a stable sort).
+    order = kept[torch.sort(-gap[kept], stable=True).indices]
+    return ScoredPairs(
+        winner_video=store["winner_video"][order], winner_audio=store["winner_audio"][order],
+        loser_video=store["loser_video"][order], loser_audio=store["loser_audio"][order],
+        text=store["text"][order], text_lengths=store["text_lengths"][order],
+        winner_score=winner_score[order], loser_score=loser_score[order], prompt_index=order.clone(),
+        winner_k=winner_k[order], loser_k=loser_k[order], prompts=list(prompts), scores=scores, details=details,
+        dropped=int(len(prompts) - kept.numel()), config=config, model_name=model_name, from_cache=from_cache,
+        cache_path=cache_path)
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+def _model_names(pipeline) -> tuple[str, str]:
+    model_config = getattr(getattr(pipeline, "model", None), "config", None)
+    return str(getattr(pipeline, "name", type(pipeline).__name__)), str(getattr(model_config, "name", ""))
+
+
+def _cache_key(prompts: list[str], config: ScoredPairsConfig, pipeline, text: EncodedText,
+               video_shape, audio_shape) -> tuple[str, str]:
+    sampling = config.to_dict()
+    sampling.pop("min_gap")                      # applied on load: another min_gap reuses the samples
+    sampling.pop("sample_batch_size")            # how the rows were batched, not what they are
+    fingerprint = model_fingerprint(pipeline.model)
+    pipeline_name, config_name = _model_names(pipeline)
+    identity = {
+        "format": CACHE_FORMAT, "scoring": [SCORING_VERSION, list(CHANCE_SHIFTS)], "prompts": prompts,
+        "config": sampling, "model": fingerprint,
+        "pipeline": pipeline_name, "model_config": config_name,
+        "codecs": [type(pipeline.video_codec).__name__, type(pipeline.audio_codec).__name__],
+        "shapes": [list(video_shape), list(audio_shape)],
+        "text": _tensor_digest(text.embeddings, text.lengths),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(), fingerprint
+
+
+def _load_cache(path: Path, key: str) -> tuple[dict[str, torch.Tensor], list[list[dict]]] | None:
+    if not path.is_file():
+        return None
+    try:
+        _, metadata = read_header(path)
+        if metadata.get("format") != CACHE_FORMAT or metadata.get("key") != key:
+            log.info("scored pairs: %s was made for other prompts, settings or weights; sampling again", path)
+            return None
+        return load_tensors(path), json.loads(metadata["details"])
+    except (CheckpointError, KeyError, json.JSONDecodeError, OSError) as error:
+        log.warning("scored pairs: ignoring the unreadable cache %s (%s); sampling again", path, error)
+        return None
+
+
+def _sample_rows(pipeline, config: ScoredPairsConfig, prompts: list[str], text: EncodedText,
+                 negative: EncodedText, video_shape, audio_shape, progress: bool):
+    """Sample, decode and score every (prompt, k); keep each prompt's best and worst latents."""
+    model = pipeline.model
+    parameter = next(model.parameters())
+    device = parameter.device
+    dtype = model.working_dtype() if hasattr(model, "working_dtype") else parameter.dtype
+    guidance = config.guidance
+    anchors = pipeline.anchors(video_shape, audio_shape, device=device, dtype=dtype) if guidance.needs_anchors \
+        else None
+    negative_pair = (negative, negative) if guidance.needs_negative else None
+    k_count = config.samples_per_prompt
+    jobs = [(i, k) for i in range(len(prompts)) for k in range(k_count)]
+    fps, rate = pipeline.video_codec.fps, pipeline.audio_codec.sample_rate
+    one_video, one_audio = (1, *video_shape[1:]), (1, *audio_shape[1:])
+
+    scores = torch.zeros(len(prompts), k_count, dtype=torch.float64)
+    details: list[list[dict | None]] = [[None] * k_count for _ in prompts]
+    best: dict[int, tuple[float, int, torch.Tensor, torch.Tensor]] = {}
+    worst: dict[int, tuple[float, int, torch.Tensor, torch.Tensor]] = {}
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc="scored pairs: sampling", dynamic_ncols=True)
+    try:
+        for start in range(0, len(jobs), config.sample_batch_size):
+            chunk = jobs[start:start + config.sample_batch_size]
+            noise = [initial_noise(one_video, one_audio, sample_seed(config.seed, i, k), device, dtype)
+                     for i, k in chunk]
+            noise_video = torch.cat([v for v, _ in noise])
+            noise_audio = torch.cat([a for _, a in noise])
+            index = torch.tensor([i for i, _ in chunk])
+            positive = EncodedText(text.embeddings[index].to(device), text.lengths[index].to(device))
+            video, audio = sample_av(model, noise_video, noise_audio, (positive, positive), negative_pair, anchors,
+                                     guidance, steps=config.steps, solver=config.solver, shift=config.shift)
+            frames, waveform = pipeline.decode(video, audio)
+            waveform = waveform[..., :round(frames.shape[1] / fps * rate)]
+            video, audio = video.detach().float().cpu(), audio.detach().float().cpu()
+            for row, (i, k) in enumerate(chunk):
+                score, record = score_samples(frames[row], waveform[row], fps, rate, prompts[i], config.weights)
+                scores[i, k], details[i][k] = score, record
+                # Ties: the first best and the last worst (so K equal scores still pair two samples, at gap 0).
+                if i not in best or score > best[i][0]:
+                    best[i] = (score, k, video[row].clone(), audio[row].clone())
+                if i not in worst or score <= worst[i][0]:
+                    worst[i] = (score, k, video[row].clone(), audio[row].clone())
+            if bar is not None:
+                bar.update(len(chunk))
+                bar.set_postfix(score=f"{float(scores[index, [k for _, k in chunk]].mean()):.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+
+    order = range(len(prompts))
+    stack = lambda chosen, part: torch.stack([chosen[i][part] for i in order])  # noqa: E731
+    store = {
+        "winner_video": stack(best, 2), "winner_audio": stack(best, 3),
+        "loser_video": stack(worst, 2), "loser_audio": stack(worst, 3),
+        "winner_k": torch.tensor([best[i][1] for i in order], dtype=torch.int64),
+        "loser_k": torch.tensor([worst[i][1] for i in order], dtype=torch.int64),
+        "scores": scores,
+        "text": text.embeddings.detach().float().cpu().clone(),
+        "text_lengths": text.lengths.detach().cpu().to(torch.int64).clone(),
+    }
+    return store, details
+
+
+def build_scored_pairs(pipeline, prompts: Sequence[str], config: ScoredPairsConfig | None = None,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> ScoredPairs:
+    """Sample K clips per prompt with the pipeline's current model, score them, pair best against worst.
+
+    pipeline: an ``AVPipeline`` (model, codecs, text encoder). prompts: P non-empty strings (each the video and the
+    audio prompt). config: ``ScoredPairsConfig``. cache_dir: where ``pairs.safetensors`` is kept; a cache made for
+    the same prompts, config (``min_gap`` aside) and weights is loaded instead of sampling (None: no cache).
+    progress: a tqdm bar over the samples.
+
+    Returns ``ScoredPairs``: the pairs reaching ``min_gap``, largest gap first. Raises ValueError for an empty prompt
+    list or a blank prompt, and when no pair reaches ``min_gap`` (the message gives the largest gap).
+    Cost: P x K samples of ``config.steps`` steps (batched ``sample_batch_size`` rows at a time) + decodes + scoring.
+    """
+    config = ScoredPairsConfig() if config is None else config
+    if isinstance(config, dict):
+        config = ScoredPairsConfig(**config)
+    if isinstance(prompts, str):
+        raise ValueError("prompts: expected a list of prompts, got one string (wrap it in a list)")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: expected at least one prompt, got an empty list")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompts[{i}]: expected a non-empty string, got {prompt!r}")
+
+    # ComfyUI runs nodes under inference mode: tensors made there could not feed the DPO loop's autograd.
+    with torch.inference_mode(False), torch.no_grad():
+        video_shape, audio_shape = pipeline.latent_shapes(config.seconds, config.height_px, config.width_px)
+        encoded = pipeline.encode_prompts(prompts + [config.negative_prompt])
+        count = len(prompts)
+        text = EncodedText(encoded.embeddings[:count].detach().clone(), encoded.lengths[:count].clone())
+        negative = EncodedText(encoded.embeddings[count:].detach().clone(), encoded.lengths[count:].clone())
+        key, fingerprint = _cache_key(prompts, config, pipeline, text, video_shape, audio_shape)
+        model_name, config_name = _model_names(pipeline)
+        path = None if cache_dir is None else Path(cache_dir) / CACHE_FILE
+
+        cached = None if path is None else _load_cache(path, key)
+        if cached is not None:
+            store, details = cached
+            return _assemble(store, prompts, details, config, model_name, True, path)
+
+        store, details = _sample_rows(pipeline, config, prompts, text, negative, video_shape, audio_shape, progress)
+        if path is not None:
+            metadata = {"format": CACHE_FORMAT, "key": key, "prompts": json.dumps(prompts),
+                        "config": config.to_json(), "model": model_name, "model_config": config_name,
+                        "model_fingerprint": fingerprint, "details": json.dumps(details, allow_nan=False)}
+            save_tensors_atomic(store, path, metadata)
+        return _assemble(store, prompts, details, config, model_name, False, path)

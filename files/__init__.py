@@ -1,0 +1,1 @@
+"""Files every layer writes or reads: atomic fsynced writes, safetensors headers and tensors, video/audio media, ComfyUI's model folders."""

@@ -1,0 +1,1 @@
+"""A model with its codecs and text encoder (AVPipeline) and one call that turns prompts into a clip."""
