@@ -1,8 +1,8 @@
 """ComfyUI-SyncAV: synchronized audio-video generation and sync post-training.
 
-This folder is both a ComfyUI custom-node package (ComfyUI imports it by file path and reads
-NODE_CLASS_MAPPINGS) and the importable library ``comfyui_syncav`` (model/, train/). Importing it never
-needs ComfyUI: nodes/ imports ComfyUI's modules lazily, inside the functions that use them.
+This folder is both a ComfyUI custom-node package (ComfyUI imports it by file path and calls ``comfy_entrypoint``, the
+V3 node API's entry) and the importable library ``comfyui_syncav``. Importing it never needs ComfyUI: nodes/ is
+imported only when ComfyUI asks for the nodes.
 """
 
 if __package__:
@@ -10,10 +10,13 @@ if __package__:
     from .runtime.reproducible_blas import enable_reproducible_blas
 
     enable_reproducible_blas()
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-else:
-    # Imported as a lone file, outside any package: pytest does this to the folder above tests/ when the folder's
-    # name is not a valid module name (a clone named ComfyUI-SyncAV). Nothing to register then.
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    async def comfy_entrypoint():
+        """ComfyUI's V3 entry: the extension listing this package's nodes."""
+        from .nodes import SyncAVExtension
+
+        return SyncAVExtension()
+
+    __all__ = ["comfy_entrypoint"]
+# Imported as a lone file, outside any package (pytest does this to the folder above tests/ when the folder's name
+# is not a valid module name, a clone named ComfyUI-SyncAV): nothing to register then.

@@ -26,10 +26,12 @@ def _interval(text: str) -> tuple[float, float]:
 
 
 def _blocks(text: str) -> tuple[int, ...]:
+    from .guidance.sync_cfg import parse_block_list
+
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block indices such as 1,2; got {text!r}") from None
+        return parse_block_list(text, what="")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,8 +201,9 @@ def _shipped_files() -> dict:
 
 def _build_ovi(args):
     """The Ovi pipeline of --model from --models-dir, with UMT5 from its text_encoders folder."""
-    from .ovi.pipeline import build_ovi_pipeline, default_models_dir
-    from .ovi.variants import find_text_encoder_files, find_variant_files, folder_tree_finder, get_variant
+    from .files.model_folders import default_models_dir, folder_tree_finder
+    from .ovi.pipeline import build_ovi_pipeline
+    from .ovi.variants import find_text_encoder_files, find_variant_files, get_variant
 
     variant = get_variant(args.model)
     models_dir = args.models_dir or default_models_dir()
@@ -221,11 +224,15 @@ def _generate(args) -> int:
     from .files.media_io import write_mp4
     from .generation.pipeline import build_embedded_default
     from .guidance.sync_cfg import SyncCFGGuidance
+    from .ovi.prompt import compose_prompts
+    from .ovi.variants import get_variant
 
     started = time.perf_counter()
     # Everything that can be checked without the model, before it is loaded (an Ovi load takes minutes).
-    if args.model == "embedded" and args.speech:
-        raise ValueError("--speech: the embedded default does not speak; spoken lines need an Ovi --model")
+    prompts = compose_prompts(args.prompt, args.audio_prompt or "", video_negative=args.negative,
+                              audio_negative=args.negative, speech=args.speech, sound=args.sound or "",
+                              prompt_style=None if args.model == "embedded" else get_variant(args.model).prompt_style,
+                              prompt_field="prompt", speech_field="--speech")
     check_generation_args(seconds=args.seconds, height_px=args.height, width_px=args.width, steps=args.steps,
                           solver=args.solver, shift=args.shift, seed=args.seed)
     sync_video, sync_audio = _stream_sync_scales(args, args.sync_scale)
@@ -242,29 +249,16 @@ def _generate(args) -> int:
             from .runtime.block_swap import enable_block_swap
 
             enable_block_swap(pipeline.model.cpu(), args.blocks_on_gpu, args.device)
-        seconds, width, height = 2.0, 32, 32
-        prompt, audio_prompt = args.prompt, (args.audio_prompt or args.sound or None)
-        video_negative = audio_negative = args.negative or ""
     else:
-        from .ovi.prompt import build_ovi_prompt
-
         _check_ovi_clip_memory(args)
         pipeline = _build_ovi(args)
-        variant = pipeline.variant
-        seconds, width, height = variant.seconds, variant.width_px, variant.height_px
-        prompt = build_ovi_prompt(args.prompt, args.speech, args.sound or args.audio_prompt or "",
-                                  variant.prompt_style)
-        audio_prompt = prompt   # Ovi's towers read the same prompt
-        video_negative, audio_negative = (args.negative, args.negative) if args.negative is not None else \
-            pipeline.default_negatives
     _apply_lora_arg(pipeline, args, lora)
     with torch.inference_mode():
-        clip = generate_clip(pipeline, prompt, audio_prompt,
-                             seconds=args.seconds if args.seconds is not None else seconds,
-                             height_px=args.height if args.height is not None else height,
-                             width_px=args.width if args.width is not None else width, seed=args.seed,
+        clip = generate_clip(pipeline, prompts.video_prompt, prompts.audio_prompt,
+                             seconds=args.seconds, height_px=args.height, width_px=args.width, seed=args.seed,
                              steps=args.steps, solver=args.solver, shift=args.shift, guidance=guidance,
-                             video_negative=video_negative, audio_negative=audio_negative, progress=True)
+                             video_negative=prompts.video_negative, audio_negative=prompts.audio_negative,
+                             progress=True)
     write_mp4(args.out, clip.frames[0], clip.fps, clip.waveform[0], clip.sample_rate_hz)
     print(f"wrote {args.out}: {clip.frames.shape[1]} frames {clip.frames.shape[3]}x{clip.frames.shape[2]} at "
           f"{clip.fps:g} fps + {clip.sample_rate_hz} Hz audio, {clip.seconds:.2f} s "
@@ -287,7 +281,8 @@ def _check_ovi_clip_memory(args) -> None:
 
 def _bouncebench(args) -> int:
     from .files.atomic import check_output_path
-    from .bouncebench.clips import VARIANTS, split_seeds, write_dataset
+    from .bouncebench.config import VARIANTS, split_seeds
+    from .bouncebench.export import write_dataset
 
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")
@@ -305,23 +300,25 @@ def _bouncebench(args) -> int:
 
 
 def _default_recipe(args):
-    """The EmbeddedRecipe that ``train-default`` runs with these command-line options."""
-    import dataclasses
+    """The EmbeddedRecipe that ``train-default`` runs with these command-line options; a value the recipe refuses
+    is named by its flag."""
+    from dataclasses import replace
 
     from .train.embedded_training import EmbeddedRecipe
+    from .train.value_rules import named_as
 
-    recipe = dataclasses.replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
-                                 data_start_step=args.data_start_step)
-    if args.lr is not None:
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, lr=args.lr))
-    if args.noise_shift is not None:
-        if not 0 < args.noise_shift < float("inf"):
-            raise ValueError(f"--noise-shift: expected a positive shift (finite), got {args.noise_shift}")
-        recipe = dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, shift=args.noise_shift))
+    with named_as(TRAIN_DEFAULT_FLAGS):
+        recipe = replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
+                         data_start_step=args.data_start_step)
+        if args.lr is not None:
+            recipe = replace(recipe, train=replace(recipe.train, lr=args.lr))
+        if args.noise_shift is not None:
+            noise = replace(recipe.loss.noise, shift=args.noise_shift)
+            recipe = replace(recipe, loss=replace(recipe.loss, noise=noise))
     return recipe
 
 
-# train-default's flags, named in check_embedded_training_args's messages.
+# train-default's flags, named in check_embedded_training_args's messages and in the recipe's value errors.
 TRAIN_DEFAULT_FLAGS = {"out_dir": "--out", "init_weights": "--init", "batch_size": "--batch-size", "steps": "--steps",
                        "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift"}
 
@@ -342,8 +339,9 @@ def _eval(args) -> int:
     from .files.atomic import check_output_path
     from .generation.generate import check_generation_args, resolve_device
     from .guidance.sync_cfg import SyncCFGGuidance
-    from .bouncebench.clips import VARIANTS, split_seeds
-    from .bouncebench.evaluation import evaluate_bouncebench, format_table, write_json_atomic
+    from .bouncebench.config import VARIANTS, split_seeds
+    from .bouncebench.evaluation import evaluate_bouncebench
+    from .bouncebench.report import format_table, write_json_atomic
 
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")

@@ -42,7 +42,7 @@ from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
 from comfyui_syncav.train.dpo_training import DPOTrainingConfig, PreferencePairs, make_loss_fn
 from comfyui_syncav.train.embedded_training import BounceBatches
 from comfyui_syncav.train.loop import step_generator
-from comfyui_syncav.negatives.rules import build_negatives
+from comfyui_syncav.negatives.build import build_negatives
 
 CURRICULUM_STEPS = 100                      # a nominal run length: negatives are built at steps across its stages
 NEGATIVE_BUILDS_PER_REPEAT = 9

@@ -1,36 +1,17 @@
 """Preference pairs from the model's own samples, ranked by a sync score (V2A-DPO style), served easy -> hard.
 
 The second DPO pair source of DESIGN.md section 3. For each prompt the current model draws K samples
-(``model.sampling.sample_av`` with the config's guidance; the noise of sample k of prompt i is seeded by
+(``guidance.sampling.sample_av`` with the config's guidance; the noise of sample k of prompt i is seeded by
 ``(config.seed, i, k)``), each is decoded and scored by ``score_samples`` (sync first, small quality terms so that
 degenerate samples lose ties), and the best sample (winner) is paired with the worst (loser). The pair keeps the
 sampled LATENTS (not a re-encode of the decoded media: DPO then scores exactly what the model produced) and the
 prompt's text embeddings. Pairs whose score gap is below ``min_gap`` are dropped; the rest are ordered easy -> hard,
 largest gap first, and ``ScoredPairs.batches`` serves them in that order to the DPO loop (a curriculum by gap).
 
-Sampling is the expensive part, so everything is cached in ``cache_dir/pairs.safetensors`` (atomic write): the
-pairs of every prompt (before the ``min_gap`` filter, which is applied on load), the text embeddings, every
-sample's score and metrics, and the metadata (prompts, config JSON, model names). The cache is keyed by a hash of
-the prompts, the config (all but ``min_gap``), the prompts' text embeddings and a fingerprint of the model's
-weights (``model_fingerprint``), so a call with the same prompts and config loads it and a changed model
-(e.g. after a DPO round trained its LoRA) samples again.
+Sampling is the expensive part, so everything is cached in ``cache_dir/pairs.safetensors`` (data/pair_cache.py) and
+a call with the same prompts, config and model weights loads it; the score is data/pair_scoring.py's.
 
-The score (``score_samples``, one number per clip, higher is better) is a weighted sum of terms:
-
-* ``event_f1_margin`` (weight 1 by default): event F1 (metrics/sync_metrics.py) minus the clip's own chance F1, the F1
-  of its video against its audio circularly shifted by 1/9 .. 8/9 of the clip, floored at 0. Like the benchmark's
-  F1 - chance margin (NOTES.md, lesson 4), it rewards timing, not event density: a clip that clicks everywhere
-  matches its shifted audio as well as its own and gains nothing. The floor keeps a silent or frozen sample (F1 0,
-  chance 0) from beating an audible off-beat one on sync: below chance is noise, not evidence.
-* ``event_f1`` (0), ``offset`` (0: minus the median |audio - visual| offset of matched events in frames, capped at
-  one frame; no match counts as the cap), ``av_align`` (0): the other sync readings, for mixes.
-* quality proxies against the caption's balls (BounceBench captions; other prompts get 0 for these):
-  ``blob_count`` (0.05: share of frames showing the caption's number of balls, ``evaluation.video_quality``),
-  ``pitch`` (0.05: 1 - 2 x the octaves between the dominant impact pitch and the nearest caption fundamental,
-  floored at 0, ``evaluation.audio_quality``), ``colour`` (0: 1 - tracked colour error / sqrt 3). Small weights:
-  they only decide between samples of equal sync, so a black video or a silent track loses.
-
-A plain library (torch + numpy, no ComfyUI).
+A plain library (torch, no ComfyUI).
 """
 
 from __future__ import annotations
@@ -38,70 +19,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from ..bouncebench.report import jsonable
 from ..generation.generate import MAX_SEED, initial_noise
-from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
 from ..guidance.sampling import sample_av
 from ..guidance.schedules import check_schedule_args
 from ..guidance.sync_cfg import SyncCFGGuidance
-from ..text.interface import EncodedText
-from ..bouncebench.clips import BALL_CLASSES, STANDARD
-from ..bouncebench.evaluation import audio_quality, jsonable, video_quality
 from ..model.batch import AVBatch, PreferenceBatch
-from ..metrics.sync_metrics import analyze_audio, analyze_video, event_sync, score_pair
+from ..text.interface import EncodedText
+from .pair_cache import CACHE_FILE, cache_key, load_cache, model_names, save_cache
+from .pair_scoring import ScoreWeights, is_finite_number, score_samples
 
-log = logging.getLogger(__name__)
-
-__all__ = ["CACHE_FILE", "CHANCE_SHIFTS", "ScoreWeights", "ScoredPairsConfig", "ScoredPairs", "ScoredPairBatches",
-           "caption_balls", "score_samples", "sample_seed", "model_fingerprint", "build_scored_pairs"]
-
-CACHE_FILE = "pairs.safetensors"
-CACHE_FORMAT = "syncav-scored-pairs-v1"
-# Part of the cache key: bump it whenever score_samples changes what it returns, so old caches are not reused.
-SCORING_VERSION = 1
-# Circular shifts of the audio (fractions of the clip) whose mean event F1 is a clip's own chance F1: eight, evenly
-# spread, the nearest 1/9 of the clip away from the true timing (3.6 frames of a 2 s clip at 16 fps).
-CHANCE_SHIFTS = tuple(k / 9 for k in range(1, 9))
-# Nominal ball radius for the blob tracker's size reading, in BounceBench standard-frame pixels.
-_NOMINAL_RADIUS_PX = sum(STANDARD.radius_px) / 2
+__all__ = ["ScoredPairsConfig", "ScoredPairs", "ScoredPairBatches", "sample_seed", "build_scored_pairs"]
 
 
 # ------------------------------------------------------------------------------------------------ config
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-@dataclass(frozen=True)
-class ScoreWeights:
-    """Weights of the score's terms (see the module docstring); the score is ``sum(weight * term)``."""
-
-    event_f1_margin: float = 1.0    # max(0, event F1 - the clip's own chance F1 (audio circularly shifted)), 0..1
-    event_f1: float = 0.0           # event F1, 0..1
-    offset: float = 0.0             # -median |offset| of matched events in frames, capped at 1 (no match: -1), -1..0
-    av_align: float = 0.0           # AV-Align, 0..1
-    blob_count: float = 0.05        # share of frames with the caption's number of balls, 0..1
-    pitch: float = 0.05             # 1 - 2 x octaves from the dominant pitch to the nearest caption fundamental, 0..1
-    colour: float = 0.0             # 1 - RGB error of the tracked balls / sqrt(3), 0..1
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _finite(value):
-                raise ValueError(f"ScoreWeights.{f.name}: expected a finite number, got {value!r}")
-        if not any(getattr(self, f.name) for f in dataclasses.fields(self)):
-            raise ValueError("ScoreWeights: every weight is 0, so every sample would score 0; give at least one "
-                             "term a weight (event_f1_margin=1 is the default)")
-
 
 @dataclass(frozen=True)
 class ScoredPairsConfig:
@@ -146,13 +83,13 @@ class ScoredPairsConfig:
                              f"{type(self.guidance).__name__}")
         if not isinstance(self.weights, ScoreWeights):
             raise ValueError(f"ScoredPairsConfig.weights: expected a ScoreWeights, got {type(self.weights).__name__}")
-        if not (_finite(self.seconds) and self.seconds > 0):
+        if not (is_finite_number(self.seconds) and self.seconds > 0):
             raise ValueError(f"ScoredPairsConfig.seconds: expected a positive duration, got {self.seconds!r}")
         for name in ("height_px", "width_px", "sample_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ScoredPairsConfig.{name}: expected an integer >= 1, got {value!r}")
-        if not (_finite(self.min_gap) and self.min_gap >= 0):
+        if not (is_finite_number(self.min_gap) and self.min_gap >= 0):
             raise ValueError(f"ScoredPairsConfig.min_gap: expected a number >= 0, got {self.min_gap!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"ScoredPairsConfig.seed: expected an integer in 0..{MAX_SEED}, got {self.seed!r}")
@@ -168,150 +105,6 @@ class ScoredPairsConfig:
 
     def with_changes(self, **changes) -> "ScoredPairsConfig":
         return dataclasses.replace(self, **changes)
-
-
-# ------------------------------------------------------------------------------------------------ scoring
-
-_BALL_WORD = re.compile(r"\b(?:a|an)\s+([a-z]+)\s+ball\b")
-
-
-def caption_balls(caption: str) -> list[dict]:
-    """The balls a BounceBench-style caption names, in order ('an orange ball and a blue ball bouncing, ...' ->
-    orange, blue), as ``video_quality``'s ``balls`` (colour, rgb, nominal radius_px, fundamental_hz); [] when the
-    caption names none of ``BALL_CLASSES``."""
-    balls = []
-    for word in _BALL_WORD.findall(str(caption).lower()):
-        kind = BALL_CLASSES.get(word)
-        if kind is not None:
-            balls.append({"colour": kind.colour_name, "rgb": list(kind.rgb), "radius_px": _NOMINAL_RADIUS_PX,
-                          "fundamental_hz": kind.fundamental_hz})
-    return balls
-
-
-def _chance_f1(visual_s: np.ndarray, onsets_s: np.ndarray, duration_s: float, tolerance_s: float) -> float:
-    """Mean event F1 of the visual events against the onsets circularly shifted by ``CHANCE_SHIFTS`` of the clip."""
-    if visual_s.size == 0 or onsets_s.size == 0:
-        return 0.0
-    f1 = [event_sync(visual_s, np.mod(onsets_s + s * duration_s, duration_s), tolerance_s)["f1"]
-          for s in CHANCE_SHIFTS]
-    return float(np.mean(f1))
-
-
-def _score_one(frames, waveform, fps: float, sample_rate_hz: float, caption: str, weights: ScoreWeights
-               ) -> tuple[float, dict]:
-    video = analyze_video(frames, fps)
-    audio = analyze_audio(waveform, sample_rate_hz)
-    report = score_pair(video, audio)
-    tolerance_s = 1.0 / video.fps
-    onsets_s = audio.onset_times_s[audio.onset_times_s < video.duration_s]     # what score_pair matched against
-    chance = _chance_f1(video.event_times_s, onsets_s, video.duration_s, tolerance_s)
-    offset_frames = report["median_offset_ms"] / (1000.0 * tolerance_s)
-    margin = report["event_f1"] - chance
-    terms = {
-        # Below chance is no sync evidence, not negative evidence (a single clip's chance is noisy); clipped so an
-        # audible off-beat sample never loses to a silent or frozen one on sync, only the quality terms decide.
-        "event_f1_margin": max(0.0, margin),
-        "event_f1": report["event_f1"],
-        "offset": -min(offset_frames, 1.0) if math.isfinite(offset_frames) else -1.0,
-        "av_align": report["av_align"],
-        "blob_count": 0.0, "pitch": 0.0, "colour": 0.0,
-    }
-    details = {**report, "chance_event_f1": chance, "event_f1_margin": margin}
-    balls = caption_balls(caption)
-    if balls:
-        quality = video_quality(frames, balls, STANDARD.size_px)
-        # No reference recording here: an all-zero one makes the spectral distance None and leaves the pitch.
-        sound = audio_quality(waveform, sample_rate_hz, np.zeros((1, 1)), sample_rate_hz,
-                              [b["fundamental_hz"] for b in balls], onsets_s=audio.onset_times_s)
-        details.update(quality)
-        details.update(sound)
-        terms["blob_count"] = quality["video_blob_count_ok"]
-        if quality["video_colour_error"] is not None:
-            terms["colour"] = 1.0 - quality["video_colour_error"] / math.sqrt(3.0)
-        peak = sound["audio_peak_hz"]
-        if peak is not None and peak > 0:
-            octaves = min(abs(math.log2(peak / b["fundamental_hz"])) for b in balls)
-            terms["pitch"] = max(0.0, 1.0 - 2.0 * octaves)
-    score = float(sum(getattr(weights, name) * value for name, value in terms.items()))
-    details["terms"] = terms
-    details["score"] = score
-    return score, jsonable(details)
-
-
-def score_samples(frames, waveform, fps: float, sample_rate_hz: float, caption: str | Sequence[str],
-                  weights: ScoreWeights | None = None):
-    """Score clips for sync (and a little quality); higher is better.
-
-    One clip: frames ``[F, H, W, 3]`` in 0..1, waveform ``[C, T]`` (or ``[T]``), caption a string ->
-    ``(score, details)``. A batch: frames ``[B, F, H, W, 3]``, waveform ``[B, C, T]``, caption one string or B
-    strings -> ``(scores np.ndarray [B], [details] * B)``.
-    details: the ``sync_report`` keys, ``chance_event_f1`` and ``event_f1_margin``, the quality proxies when the
-    caption names BounceBench balls (``video_quality`` / ``audio_quality`` keys), ``terms`` (each term before
-    weighting) and ``score``; JSON-able (undefined numbers are None).
-    """
-    weights = ScoreWeights() if weights is None else weights
-    if isinstance(weights, dict):
-        weights = ScoreWeights(**weights)
-    ndim = len(getattr(frames, "shape", ()))
-    if ndim == 4:
-        if not isinstance(caption, str):
-            raise ValueError(f"caption: expected one string for one clip, got {type(caption).__name__}")
-        return _score_one(frames, waveform, fps, sample_rate_hz, caption, weights)
-    if ndim != 5:
-        raise ValueError(f"frames: expected [F, H, W, 3] (one clip) or [B, F, H, W, 3] (a batch), got shape "
-                         f"{tuple(getattr(frames, 'shape', ())) or type(frames).__name__}")
-    batch = frames.shape[0]
-    if len(getattr(waveform, "shape", ())) != 3 or waveform.shape[0] != batch:
-        raise ValueError(f"waveform: expected [B={batch}, C, T] for a batch of frames, got shape "
-                         f"{tuple(getattr(waveform, 'shape', ()))}")
-    captions = [caption] * batch if isinstance(caption, str) else list(caption)
-    if len(captions) != batch:
-        raise ValueError(f"caption: expected one string or {batch}, got {len(captions)}")
-    results = [_score_one(frames[i], waveform[i], fps, sample_rate_hz, captions[i], weights) for i in range(batch)]
-    return np.asarray([r[0] for r in results], dtype=np.float64), [r[1] for r in results]
-
-
-# ------------------------------------------------------------------------------------------------ fingerprints
-
-def sample_seed(seed: int, prompt_index: int, k: int) -> int:
-    """The noise seed of sample ``k`` of prompt ``prompt_index``: a 64-bit hash of the three numbers."""
-    digest = hashlib.sha256(f"syncav-scored-pairs/{int(seed)}/{int(prompt_index)}/{int(k)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-_PROBES = 16     # elements read from every tensor for the fingerprint (besides its sum and sum of squares)
-
-
-def model_fingerprint(module: torch.nn.Module) -> str:
-    """A hex fingerprint of a module's weights: names, shapes and dtypes of every state-dict tensor, plus its sum,
-    sum of squares and 16 evenly spaced elements. Not a full hash (that would read every byte through the CPU),
-    but any training step, LoRA update or edited weight changes it. Computed on the tensors' device, one transfer.
-    """
-    hasher = hashlib.sha256()
-    readings = []
-    with torch.no_grad():
-        for name, tensor in sorted(module.state_dict().items()):
-            hasher.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-            if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()
-                                           or tensor.dtype in (torch.int64, torch.int32, torch.bool)):
-                continue
-            flat = tensor.detach().reshape(-1)
-            flat = flat.float() if not tensor.is_complex() else torch.view_as_real(flat).reshape(-1).float()
-            index = torch.linspace(0, flat.numel() - 1, min(_PROBES, flat.numel()), device=flat.device).long()
-            readings.append(torch.cat([flat.sum().view(1), flat.square().sum().view(1), flat[index]]))
-    if readings:
-        device = readings[0].device
-        hasher.update(torch.cat([r.to(device) for r in readings]).cpu().numpy().tobytes())
-    return hasher.hexdigest()
-
-
-def _tensor_digest(*tensors: torch.Tensor) -> str:
-    hasher = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().float().cpu().contiguous()
-        hasher.update(f"{tuple(t.shape)};".encode())
-        hasher.update(t.numpy().tobytes())
-    return hasher.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ the pairs
@@ -431,41 +224,10 @@ def _assemble(store: dict[str, torch.Tensor], prompts: list[str], details: list[
 
 # ------------------------------------------------------------------------------------------------ building
 
-def _model_names(pipeline) -> tuple[str, str]:
-    model_config = getattr(getattr(pipeline, "model", None), "config", None)
-    return str(getattr(pipeline, "name", type(pipeline).__name__)), str(getattr(model_config, "name", ""))
-
-
-def _cache_key(prompts: list[str], config: ScoredPairsConfig, pipeline, text: EncodedText,
-               video_shape, audio_shape) -> tuple[str, str]:
-    sampling = config.to_dict()
-    sampling.pop("min_gap")                      # applied on load: another min_gap reuses the samples
-    sampling.pop("sample_batch_size")            # how the rows were batched, not what they are
-    fingerprint = model_fingerprint(pipeline.model)
-    pipeline_name, config_name = _model_names(pipeline)
-    identity = {
-        "format": CACHE_FORMAT, "scoring": [SCORING_VERSION, list(CHANCE_SHIFTS)], "prompts": prompts,
-        "config": sampling, "model": fingerprint,
-        "pipeline": pipeline_name, "model_config": config_name,
-        "codecs": [type(pipeline.video_codec).__name__, type(pipeline.audio_codec).__name__],
-        "shapes": [list(video_shape), list(audio_shape)],
-        "text": _tensor_digest(text.embeddings, text.lengths),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(), fingerprint
-
-
-def _load_cache(path: Path, key: str) -> tuple[dict[str, torch.Tensor], list[list[dict]]] | None:
-    if not path.is_file():
-        return None
-    try:
-        _, metadata = read_header(path)
-        if metadata.get("format") != CACHE_FORMAT or metadata.get("key") != key:
-            log.info("scored pairs: %s was made for other prompts, settings or weights; sampling again", path)
-            return None
-        return load_tensors(path), json.loads(metadata["details"])
-    except (CheckpointError, KeyError, json.JSONDecodeError, OSError) as error:
-        log.warning("scored pairs: ignoring the unreadable cache %s (%s); sampling again", path, error)
-        return None
+def sample_seed(seed: int, prompt_index: int, k: int) -> int:
+    """The noise seed of sample ``k`` of prompt ``prompt_index``: a 64-bit hash of the three numbers."""
+    digest = hashlib.sha256(f"syncav-scored-pairs/{int(seed)}/{int(prompt_index)}/{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def _sample_rows(pipeline, config: ScoredPairsConfig, prompts: list[str], text: EncodedText,
@@ -568,19 +330,16 @@ def build_scored_pairs(pipeline, prompts: Sequence[str], config: ScoredPairsConf
         count = len(prompts)
         text = EncodedText(encoded.embeddings[:count].detach().clone(), encoded.lengths[:count].clone())
         negative = EncodedText(encoded.embeddings[count:].detach().clone(), encoded.lengths[count:].clone())
-        key, fingerprint = _cache_key(prompts, config, pipeline, text, video_shape, audio_shape)
-        model_name, config_name = _model_names(pipeline)
+        key, fingerprint = cache_key(prompts, config, pipeline, text, video_shape, audio_shape)
+        model_name, _ = model_names(pipeline)
         path = None if cache_dir is None else Path(cache_dir) / CACHE_FILE
 
-        cached = None if path is None else _load_cache(path, key)
+        cached = None if path is None else load_cache(path, key)
         if cached is not None:
             store, details = cached
             return _assemble(store, prompts, details, config, model_name, True, path)
 
         store, details = _sample_rows(pipeline, config, prompts, text, negative, video_shape, audio_shape, progress)
         if path is not None:
-            metadata = {"format": CACHE_FORMAT, "key": key, "prompts": json.dumps(prompts),
-                        "config": config.to_json(), "model": model_name, "model_config": config_name,
-                        "model_fingerprint": fingerprint, "details": json.dumps(details, allow_nan=False)}
-            save_tensors_atomic(store, path, metadata)
+            save_cache(path, store, details, key, fingerprint, prompts, config, pipeline)
         return _assemble(store, prompts, details, config, model_name, False, path)

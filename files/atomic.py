@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -183,3 +185,23 @@ def _check_can_create_in(folder: Path, what: str, text: str, must_exist: bool) -
                               "expected a writable folder") from None
     os.close(fd)
     os.unlink(probe)
+
+
+_FILE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_file_stem(name, what: str, suffix: str = ".safetensors") -> str:
+    """A plain file name typed by a user (letters, digits, '.', '_', '-'; no folders; ``suffix`` optional) -> the
+    name without ``suffix``. ``what`` names the input in the error."""
+    if isinstance(name, str) and name.strip().endswith(suffix):
+        name = name.strip()[:-len(suffix)]
+    if not isinstance(name, str) or not _FILE_STEM.fullmatch(name.strip()) or name.strip() in (".", ".."):
+        raise ValueError(f"{what}: expected a file name of letters, digits, '.', '_' and '-' (no folders), "
+                         f"received {name!r}")
+    return name.strip()
+
+
+def copy_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written file)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

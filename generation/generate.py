@@ -15,14 +15,11 @@ import torch
 
 from .pipeline import AVPipeline
 from ..guidance.sampling import StepCallback, sample_av
-from ..guidance.schedules import check_schedule_args
+from ..guidance.schedules import MAX_SAMPLING_STEPS, check_schedule_args
 from ..guidance.sync_cfg import SyncCFGGuidance
 
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
-# The most sampling steps a request may ask for (ComfyUI's KSampler has the same bound): the schedule holds
-# steps + 1 noise levels, so an absurd count would fail only after a long allocation, or run for ever.
-MAX_SAMPLING_STEPS = 10_000
 # Memory estimate of a clip (clip_host_bytes): its decoded frames [F, H, W, 3] and waveform [C, T] as float32, held
 # twice (the decoder's output and the clamped copy written out). A lower bound on purpose, so it never refuses a
 # clip that fits: latents, activations and the model come on top.
@@ -145,10 +142,16 @@ def initial_noise(video_shape, audio_shape, seed: int, device=None, dtype=torch.
 
 
 def generate_clip(pipeline: AVPipeline, video_prompt: str, audio_prompt: str | None = None, *,
-                  seconds: float = 2.0, height_px: int = 32, width_px: int = 32, seed: int = 0, steps: int = 25,
+                  seconds: float | None = None, height_px: int | None = None, width_px: int | None = None,
+                  seed: int = 0, steps: int = 25,
                   solver: str = "unipc", shift: float = 3.0, guidance: SyncCFGGuidance | None = None,
                   video_negative: str = "", audio_negative: str = "", callback: StepCallback | None = None,
                   progress: bool = False) -> GeneratedClip:
+    """One clip for a prompt; a size left out (None) is the pipeline's ``default_clip``."""
+    default = pipeline.default_clip
+    seconds = default.seconds if seconds is None else seconds
+    height_px = default.height_px if height_px is None else height_px
+    width_px = default.width_px if width_px is None else width_px
     if not video_prompt or not video_prompt.strip():
         raise ValueError("video_prompt is empty: describe the scene to generate")
     check_generation_args(seconds=seconds, height_px=height_px, width_px=width_px, steps=steps, solver=solver,
@@ -170,7 +173,18 @@ def generate_clip(pipeline: AVPipeline, video_prompt: str, audio_prompt: str | N
     video, audio = sample_av(model, noise_video, noise_audio, positive, negative if guidance.needs_negative else None,
                              anchors if guidance.needs_anchors else None, guidance, steps=steps, solver=solver,
                              shift=shift, callback=callback, progress=progress)
-    frames, waveform = pipeline.decode(video, audio)
+    return decode_clip(pipeline, video, audio)
+
+
+def decode_clip(pipeline: AVPipeline, video_latent: torch.Tensor, audio_latent: torch.Tensor) -> GeneratedClip:
+    """Latents (video [B, Cv, Fv, Hv, Wv], audio [B, La, Ca]) -> the clips, each sound exactly as long as its
+    frames last (cut, or padded with silence), so a batch played clip after clip keeps every sound with its
+    frames."""
+    frames, waveform = pipeline.decode(video_latent, audio_latent)        # [B, F, H, W, 3], [B, C, T]
     fps, rate = pipeline.video_codec.fps, pipeline.audio_codec.sample_rate
     samples = round(frames.shape[1] / fps * rate)
-    return GeneratedClip(frames=frames, waveform=waveform[..., :samples], fps=fps, sample_rate_hz=rate)
+    if waveform.shape[-1] >= samples:
+        waveform = waveform[..., :samples]
+    else:
+        waveform = torch.nn.functional.pad(waveform, (0, samples - waveform.shape[-1]))
+    return GeneratedClip(frames=frames.float().cpu(), waveform=waveform.float().cpu(), fps=fps, sample_rate_hz=rate)

@@ -12,6 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -31,8 +32,19 @@ EMBEDDED_TEXT_FILE = PACKAGE_DIR / "weights" / "embedded_text_encoder.safetensor
 # The sync-tuned variant: a LoRA post-trained for sync on the embedded default (docs/results.md says how).
 EMBEDDED_SYNC_LORA_FILE = PACKAGE_DIR / "weights" / "embedded_sync_lora.safetensors"
 EMBEDDED_SYNC_LORA_NAME = "embedded-sync"   # what the CLI's --lora and the Loader call it
-EMBEDDED_DEFAULT_SECONDS = 2.0
-EMBEDDED_DEFAULT_SIZE_PX = 32
+
+
+class ClipSize(NamedTuple):
+    """What a pipeline makes when asked for no particular size."""
+
+    seconds: float
+    height_px: int
+    width_px: int
+
+
+EMBEDDED_CLIP = ClipSize(seconds=2.0, height_px=32, width_px=32)    # the size the embedded default was trained at
+# Frame sides the embedded default takes are multiples of this: the codec's spatial stride times the patch size.
+EMBEDDED_PIXEL_MULTIPLE = TinyVideoCodec.spatial_stride * math.lcm(*get_preset("tiny").video.patch_size[1:])
 
 
 @dataclass
@@ -42,6 +54,7 @@ class AVPipeline:
     audio_codec: AudioCodec
     text_encoder: TextEncoder
     name: str = "custom"
+    default_clip: ClipSize = EMBEDDED_CLIP
     _anchor_cache: dict = field(default_factory=dict, repr=False)
 
     # ---- sizes --------------------------------------------------------------------------------------------
@@ -68,6 +81,14 @@ class AVPipeline:
         video_shape = (batch, vc.latent_channels, latent_frames, height_px // vc.spatial_stride,
                        width_px // vc.spatial_stride)
         return video_shape, (batch, audio_len, ac.latent_channels)
+
+    def check_latent(self, video_shape, audio_shape, what: str = "latent") -> None:
+        """Refuse latents made for other codecs (video [B, Cv, ...] / audio [B, La, Ca] channel counts)."""
+        cv, ca = self.video_codec.latent_channels, self.audio_codec.latent_channels
+        if video_shape[1] != cv or audio_shape[2] != ca:
+            raise ValueError(f"{what}: made for other codecs: {video_shape[1]} video / {audio_shape[2]} audio latent "
+                             f"channels, these codecs use {cv} / {ca} (make it with SyncAV Empty AV Latent from the "
+                             "same loader)")
 
     @property
     def pixel_multiple(self) -> int:
@@ -108,7 +129,7 @@ def embedded_config(video_codec: VideoCodec | None = None, audio_codec: AudioCod
     video_codec = video_codec or TinyVideoCodec()
     audio_codec = audio_codec or TinyAudioCodec()
     preset = get_preset("tiny")
-    frames = round(EMBEDDED_DEFAULT_SECONDS * video_codec.fps)
+    frames = round(EMBEDDED_CLIP.seconds * video_codec.fps)
     rope = audio_rope_scale(video_codec.fps, frames, video_codec.temporal_stride, audio_codec.latents_per_second)
     return preset.replace(
         audio=dataclasses.replace(preset.audio, rope_scale=rope, in_channels=audio_codec.latent_channels,

@@ -25,9 +25,11 @@ import math
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 SOLVERS = ("unipc", "euler")
+# The most sampling steps a request may ask for (ComfyUI's KSampler has the same bound): the schedule holds
+# steps + 1 noise levels, so an absurd count would fail only after a long allocation, or run for ever.
+MAX_SAMPLING_STEPS = 10_000
 
 # diffusers' schedulers are parametrised by a training horizon; sigma = timestep / NUM_TRAIN_TIMESTEPS.
 NUM_TRAIN_TIMESTEPS = 1000
@@ -60,6 +62,9 @@ def make_scheduler(solver: str, steps: int, shift: float, device=None):
     mode ("unipc", bh2 with a lower-order final step, as Wan and Ovi use it). Its ``sigmas`` has ``steps + 1``
     entries ending in 0.
     """
+    # diffusers is imported here, not with the module: ComfyUI builds every node's schema at start-up.
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
     check_schedule_args(solver, steps, shift)
     shift = float(shift)
     if solver == "euler":

@@ -89,8 +89,8 @@ class SyncCFGGuidance:
         interval = tuple(self.sync_interval)
         if (len(interval) != 2 or not all(_is_number(v) for v in interval)
                 or not 0.0 <= interval[0] <= interval[1] <= 1.0):
-            raise ValueError("SyncCFGGuidance.sync_interval: expected (start, end) with 0 <= start <= end <= 1, "
-                             f"got {self.sync_interval!r}")
+            raise ValueError("sync_interval (sync_start / sync_end): expected (start, end) with 0 <= start <= end "
+                             f"<= 1, got {self.sync_interval!r}")
         blocks = tuple(self.slg_blocks)
         if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
             raise ValueError(f"SyncCFGGuidance.slg_blocks: expected block indices >= 0, got {self.slg_blocks!r}")
@@ -289,3 +289,22 @@ def guided_velocity(model, video: torch.Tensor, audio: torch.Tensor, sigma_video
     passes = plan_passes(scales)
     outputs = evaluate_passes(model, passes, video, audio, sigma_video, sigma_audio, cond, batched=batched)
     return combine_velocities(outputs, scales)
+
+
+def parse_block_list(text: str, what: str = "slg_blocks", num_blocks: int | None = None) -> tuple[int, ...]:
+    """``"1, 2"`` -> (1, 2) (sorted, once each); ``""`` -> (). A ValueError naming ``what`` for anything else, or
+    for an index past ``num_blocks`` (the model's block count, when known)."""
+    where = f" (this model has blocks 0..{num_blocks - 1})" if num_blocks else ""
+    prefix = f"{what}: " if what else ""     # argparse names the option itself
+    if not isinstance(text, str):
+        raise ValueError(f"{prefix}expected a string of comma-separated block indices, received {type(text).__name__}")
+    pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
+    if not all(piece.isdigit() for piece in pieces):
+        raise ValueError(f"{prefix}expected comma-separated block indices such as '1' or '0, 2'{where}, received "
+                         f"{text!r}")
+    blocks = tuple(sorted({int(piece) for piece in pieces}))
+    out_of_range = [b for b in blocks if num_blocks is not None and b >= num_blocks]
+    if out_of_range:
+        raise ValueError(f"{prefix}block indices {out_of_range} out of range: this model has blocks "
+                         f"0..{num_blocks - 1}, received {text!r}")
+    return blocks

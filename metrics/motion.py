@@ -30,6 +30,8 @@ __all__ = [
 # cost stays small on real-resolution video.
 _ANALYSIS_MAX_SIDE_PX = 128
 
+VISUAL_EVENT_MODES = ("auto", "blobs", "motion")   # which detector finds visual events (visual_events)
+
 
 def as_frames(frames, name: str = "frames") -> np.ndarray:
     """``[F, H, W, 3]`` numpy/torch in 0..1 -> float64 numpy ``[F, H, W, 3]``."""
@@ -290,7 +292,7 @@ def visual_events(frames, fps: float, *, mode: str = "auto", min_spacing_s: floa
     mode: ``"blobs"`` (impacts of tracked coloured blobs; none found -> no events), ``"motion"`` (motion-energy
     peaks), or ``"auto"`` (blobs when the clip has a plain background with at least one blob, else motion).
     """
-    if mode not in ("auto", "blobs", "motion"):
+    if mode not in VISUAL_EVENT_MODES:
         raise ValueError(f"mode: expected 'auto', 'blobs' or 'motion', got {mode!r}")
     if mode in ("auto", "blobs"):
         tracks = track_blobs(frames)

@@ -1,1 +1,2 @@
-"""Temporal negatives: the distortion rules (each with its RuleSpec and requirement) and the coarse-to-subtle curriculum."""
+"""Temporal negatives: the distortion rules (one RuleSpec each, in rules.RULES), their magnitudes, the coarse-to-subtle
+curriculum, and the preview of a negative."""

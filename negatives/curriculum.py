@@ -1,7 +1,7 @@
 """Coarse-to-subtle curriculum of temporal negatives for sync post-training (SyncDPO style).
 
 A curriculum is a list of stages, each active until a fraction of the total training steps, each a weighted list of
-``(rule, magnitude)`` entries from ``temporal_negatives.RULES``; a stage may replay a share of rows from earlier
+``(rule, magnitude)`` entries from ``rules.RULES``; a stage may replay a share of rows from earlier
 stages so the model keeps rejecting the coarse distortions while it learns the subtle ones. As JSON (what a user
 edits, e.g. in the DPO trainer node):
 
@@ -18,7 +18,7 @@ stage's is 1.0. ``replay`` is the share of rows drawn from an earlier stage (cho
 has no effect.
 
 Ablations: ``mode="none"`` mixes every entry of every stage (with its weight) from step 0; ``families=[...]`` keeps
-only the rules of those families (``temporal_negatives.FAMILIES``), dropping the stages it empties (the next kept
+only the rules of those families (``rules.FAMILIES``), dropping the stages it empties (the next kept
 stage starts where the dropped one did).
 
 ``sample`` draws only entries whose whole magnitude range applies to the clip (``applicable``): when the stage a row
@@ -35,8 +35,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .rules import (FAMILIES, RULES, ClipLengths, NegativeRuleError, TimeAxes, draw_magnitudes,
-                                 validate_magnitude, why_not_applicable)
+from .magnitudes import uniforms
+from .rule_spec import NegativeRuleError
+from .rules import FAMILIES, RULES, draw_magnitudes, validate_magnitude, why_not_applicable
+from .time_axes import ClipLengths, TimeAxes
 
 __all__ = ["CurriculumError", "RuleChoice", "Stage", "Curriculum", "DEFAULT_CURRICULUM", "MODES"]
 
@@ -186,8 +188,8 @@ class Curriculum:
         weights = [self._weights(stage, lengths, axes) for stage in stages]
 
         # Both draws happen whatever the replay share, so later draws do not depend on it.
-        replay_u = _rand(batch, generator)
-        earlier_u = _rand(batch, generator)
+        replay_u = uniforms(batch, generator)
+        earlier_u = uniforms(batch, generator)
         stage_of_row = torch.full((batch,), current, dtype=torch.long)
         if current > 0 and stages[current].replay > 0:
             earlier = torch.floor(earlier_u * current).long().clamp(max=current - 1)
@@ -244,11 +246,6 @@ class Curriculum:
                    for stage in self._effective for choice in stage.rules]
         raise NegativeRuleError("curriculum: no rule of any stage applies to this batch; " + "; ".join(
             dict.fromkeys(reason for reason in reasons if reason)))
-
-
-def _rand(batch: int, generator) -> torch.Tensor:
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(batch, generator=generator, device=device, dtype=torch.float64).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ parsing

@@ -1,8 +1,11 @@
-"""ComfyUI nodes: thin translators between ComfyUI's types and the model/ and train/ library.
+"""ComfyUI nodes (V3 schema): thin translators between ComfyUI's types and the library.
 
-Only nodes/comfy_bridge.py touches ComfyUI, lazily; every import here is relative (ComfyUI loads this folder under a
-mangled module name, so ``import comfyui_syncav`` would load a second copy of the package).
+Every node module imports ComfyUI's node API (``comfy_api.latest``) and ``comfy_bridge`` (the types and helpers nodes
+share, and lazy access to the rest of ComfyUI), never another node module. Imports here are relative: ComfyUI loads
+this folder under a mangled module name, so ``import comfyui_syncav`` would load a second copy of the package.
 """
+
+from comfy_api.latest import ComfyExtension, io
 
 from .dataset import SyncAVDataset
 from .decode import SyncAVDecode
@@ -15,34 +18,16 @@ from .negatives import SyncAVNegatives
 from .sampler import SyncAVSampler
 from .text_encode import SyncAVTextEncode
 
-NODE_CLASS_MAPPINGS: dict = {
-    "SyncAVLoader": SyncAVLoader,
-    "SyncAVTextEncode": SyncAVTextEncode,
-    "SyncAVEmptyLatent": SyncAVEmptyLatent,
-    "SyncAVSampler": SyncAVSampler,
-    "SyncAVDecode": SyncAVDecode,
-    "SyncAVSyncMetric": SyncAVSyncMetric,
-    "SyncAVBounceBench": SyncAVBounceBench,
-    "SyncAVDataset": SyncAVDataset,
-    "SyncAVNegatives": SyncAVNegatives,
-    "SyncAVDPOTrainer": SyncAVDPOTrainer,
-    "SyncAVSaveLoRA": SyncAVSaveLoRA,
-    "SyncAVLoadLoRA": SyncAVLoadLoRA,
-}
+NODES: tuple[type[io.ComfyNode], ...] = (
+    SyncAVLoader, SyncAVTextEncode, SyncAVEmptyLatent, SyncAVSampler, SyncAVDecode, SyncAVSyncMetric,
+    SyncAVBounceBench, SyncAVDataset, SyncAVNegatives, SyncAVDPOTrainer, SyncAVSaveLoRA, SyncAVLoadLoRA)
 
-NODE_DISPLAY_NAME_MAPPINGS: dict = {
-    "SyncAVLoader": "SyncAV Loader",
-    "SyncAVTextEncode": "SyncAV Text Encode",
-    "SyncAVEmptyLatent": "SyncAV Empty AV Latent",
-    "SyncAVSampler": "SyncAV SyncCFG Sampler",
-    "SyncAVDecode": "SyncAV Decode",
-    "SyncAVSyncMetric": "SyncAV Sync Metric",
-    "SyncAVBounceBench": "SyncAV BounceBench Clip",
-    "SyncAVDataset": "SyncAV AV Dataset",
-    "SyncAVNegatives": "SyncAV Temporal Negative Builder",
-    "SyncAVDPOTrainer": "SyncAV DPO Trainer",
-    "SyncAVSaveLoRA": "SyncAV Save LoRA",
-    "SyncAVLoadLoRA": "SyncAV Load LoRA",
-}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+class SyncAVExtension(ComfyExtension):
+    """What ComfyUI's loader asks a V3 node package for."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+__all__ = ["NODES", "SyncAVExtension"]

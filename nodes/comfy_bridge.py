@@ -1,7 +1,8 @@
-"""Lazy access to ComfyUI, with stand-ins so every node also runs without it (unit tests, scripts).
+"""Lazy access to ComfyUI's runtime for the nodes, with stand-ins outside a server (unit tests, scripts).
 
-This is the only module of the package that imports ComfyUI (``comfy``, ``folder_paths``), and it does so inside
-functions: importing the package never needs ComfyUI. When ComfyUI is not importable:
+Node modules import ComfyUI's node API (``comfy_api.latest``, the V3 schema), this module and ``comfy_types``, never
+each other. The rest of ComfyUI (``comfy``, ``folder_paths``) is imported here only, inside functions. When
+ComfyUI's runtime is not importable (unit tests and scripts, with ComfyUI's source on the path for the node API):
 
 * ``wrap_model`` returns a ``StandInPatcher`` (same ``.model`` / ``load_device`` / ``offload_device`` attributes
   as ``comfy.model_patcher.ModelPatcher``, no-op loading);
@@ -24,6 +25,13 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..files.atomic import is_hidden_or_temporary
+from ..files.model_folders import default_models_dir, folder_tree_finder, folder_tree_paths
+from ..files.safetensors_io import CheckpointError
+from ..runtime.lora import load_lora
+from ..text.comfy_clip import ComfyClipTextEncoder, check_umt5_xxl_file
+from .comfy_types import StandInPatcher, SyncAVModel
+
 DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder name (models/diffusion_models and models/unet)
 _COMFY_MODULES = ("comfy.model_management", "comfy.model_patcher", "comfy.ops", "comfy.utils", "folder_paths")
 
@@ -45,6 +53,15 @@ def _comfy(name: str):
     return importlib.import_module(name)
 
 
+def read_lora(path: str, what: str):
+    """(tensors, metadata) of a SyncAV LoRA file; errors name the node input ``what``."""
+    try:
+        return load_lora(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{what}: {error}") from None
+
+
+# ComfyUI's IMAGE and AUDIO conventions, checked where they enter the library (any node pack can produce them).
 # ------------------------------------------------------------------------------------------------ devices
 
 def load_device() -> torch.device:
@@ -84,46 +101,6 @@ def compute_dtype(weight_dtype: torch.dtype, supported_dtypes: Optional[list] = 
 
 
 # ------------------------------------------------------------------------------------------------ patcher
-
-class SyncAVModel(nn.Module):
-    """What the patcher wraps: a module whose ``diffusion_model`` is the JointModel.
-
-    State-dict keys therefore read ``diffusion_model.<module path>``, ComfyUI's convention for LoRA key maps.
-    ModelPatcher assigns ``.device`` itself, so it is a plain attribute here.
-    """
-
-    def __init__(self, diffusion_model: nn.Module, device: torch.device | None = None):
-        super().__init__()
-        self.diffusion_model = diffusion_model
-        self.device = device
-
-    def get_dtype(self) -> torch.dtype:
-        """Dtype the weights are stored in (ModelPatcher.model_dtype reads it)."""
-        return next(self.diffusion_model.parameters()).dtype
-
-    def forward(self, *args, **kwargs):
-        return self.diffusion_model(*args, **kwargs)
-
-
-class StandInPatcher:
-    """Minimal stand-in for ``comfy.model_patcher.ModelPatcher`` outside ComfyUI: holds ``.model``, loads nothing."""
-
-    def __init__(self, model: nn.Module, load_device: torch.device, offload_device: torch.device):
-        self.model = model
-        self.load_device = load_device
-        self.offload_device = offload_device
-        if getattr(model, "device", None) is None:
-            model.device = offload_device
-
-    def clone(self) -> "StandInPatcher":
-        return StandInPatcher(self.model, self.load_device, self.offload_device)
-
-    def model_size(self) -> int:
-        return sum(t.nelement() * t.element_size() for t in self.model.state_dict().values())
-
-    def __repr__(self) -> str:
-        return f"StandInPatcher({type(self.model).__name__}, load_device={self.load_device})"
-
 
 def wrap_model(diffusion_model: nn.Module):
     """Wrap a JointModel for ComfyUI: ``ModelPatcher(SyncAVModel(model))`` inside it, a StandInPatcher outside.
@@ -223,8 +200,6 @@ def find_model_file(folders, names) -> Optional[str]:
     their subfolders too, or None. Inside ComfyUI this follows folder_paths (extra_model_paths.yaml included); a
     folder name ComfyUI does not know (``mmaudio``) is looked up as ``models/<name>``. Outside ComfyUI:
     ``$SYNCAV_MODELS_DIR/<folder>`` (default ``./models``)."""
-    from ..ovi.variants import folder_tree_finder
-
     if not comfy_available():
         return folder_tree_finder(models_directory())(folders, names)
     folder_paths = _comfy("folder_paths")
@@ -251,7 +226,7 @@ def find_model_file(folders, names) -> Optional[str]:
 def model_folder_paths(folders) -> list[str]:
     """The directories ``find_model_file`` searches for ``folders`` (for error messages)."""
     if not comfy_available():
-        return [os.path.join(models_directory(), folder) for folder in folders]
+        return folder_tree_paths(models_directory())(folders)
     folder_paths = _comfy("folder_paths")
     paths = []
     for folder in folders:
@@ -277,6 +252,15 @@ def load_text_encoder_clip(path: str, clip_type: str):
     return sd.load_clip(ckpt_paths=[path], embedding_directory=embeddings, clip_type=kind)
 
 
+def load_umt5_xxl_clip(path: str, dim: int, max_length: int) -> ComfyClipTextEncoder:
+    """UMT5-XXL from ``path`` through ComfyUI's CLIP loader (type wan, as Load CLIP loads it), as a text encoder of
+    ``dim``-wide embeddings and ``max_length`` rows. Only inside ComfyUI; the file is checked before it is read."""
+    check_umt5_xxl_file(path, dim)
+    clip = load_text_encoder_clip(path, "wan")
+    return ComfyClipTextEncoder(clip, dim, max_length, label=f"Ovi text encoder {os.path.basename(path)}",
+                                path=path)
+
+
 # ------------------------------------------------------------------------------------------------ folders
 
 LORA_FOLDER = "syncav_lora"          # ComfyUI model-folder name of SyncAV LoRAs (models/ and output/ subfolders)
@@ -294,7 +278,7 @@ def models_directory() -> str:
     """ComfyUI's models folder; outside ComfyUI ``$SYNCAV_MODELS_DIR``, else ``./models``."""
     if comfy_available():
         return _comfy("folder_paths").models_dir
-    return os.path.abspath(os.environ.get("SYNCAV_MODELS_DIR") or "models")
+    return default_models_dir()
 
 
 def input_directory() -> str:
@@ -344,6 +328,34 @@ def lora_names() -> list[str]:
                     if os.path.splitext(name)[1] in LORA_EXTENSIONS:
                         names.add(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
     return sorted(names)
+
+
+NO_LORA = "none"
+
+
+def listed_lora_names() -> list[str]:
+    """The LoRA files a node offers: ``lora_names()`` without hidden or temporary files (a write cut short leaves a
+    hidden ``.NAME.XXXX.tmp``; older versions left ``.NAME.XXXX.tmp.safetensors``)."""
+    return [name for name in lora_names() if not is_hidden_or_temporary(name)]
+
+
+def resolve_lora(lora: str, lora_file: str = "") -> tuple[str, str]:
+    """(path, display name) of the LoRA chosen by the combo or, when connected and not empty, by ``lora_path``."""
+    if isinstance(lora_file, str) and lora_file.strip():
+        path = lora_file.strip()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"lora_path: no such file {path!r} (expected the lora_path output of SyncAV DPO "
+                                    f"Trainer or SyncAV Save LoRA)")
+        return path, os.path.basename(path)
+    if not isinstance(lora, str) or lora == NO_LORA or not lora:
+        raise ValueError(f"lora: choose a LoRA file (from {' or '.join(lora_folders())}) or connect "
+                         f"lora_path (e.g. from SyncAV DPO Trainer), received {lora!r}")
+    path = lora_path(lora)
+    if path is None and os.path.isfile(lora):
+        path = lora                      # outside ComfyUI a path works too (scripts, tests)
+    if path is None:
+        raise FileNotFoundError(f"lora: {lora!r} not found in {' or '.join(lora_folders())}")
+    return path, lora
 
 
 def lora_path(name: str) -> Optional[str]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
+from comfy_api.latest import io
 
 from ..model.checkpoint import load_joint_model
 from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
-from ..model.config import TINY_TEXT_DIM, get_preset
+from ..model.config import TINY_TEXT_DIM
 from ..model.joint import JointModel
 from ..ovi.pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, umt5_loader
 from ..ovi.variants import PRESET_LABELS, TEXT_ENCODER, VARIANTS_BY_LABEL, OviVariant, find_file, \
@@ -18,8 +18,7 @@ from ..ovi.variants import PRESET_LABELS, TEXT_ENCODER, VARIANTS_BY_LABEL, OviVa
 from ..generation.pipeline import (AVPipeline, build_embedded_default, build_embedded_sync_tuned,
                               embedded_text_encoder)
 from ..files.safetensors_io import CheckpointError, read_header
-from . import comfy_bridge
-from .clip_text_encoder import load_umt5_xxl_clip
+from . import comfy_bridge, comfy_types
 
 log = logging.getLogger(__name__)
 
@@ -29,55 +28,6 @@ OVI_PRESETS = PRESET_LABELS   # "Ovi 720x720 5s", "Ovi 960x960 5s", "Ovi 960x960
 # Ovi runs in bf16 (its reference autocasts to bf16); where ComfyUI must cast (fp8 weights) prefer it over fp16.
 OVI_COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Pixel sizes the embedded default takes: a multiple of the codec's spatial stride times the model's patch size.
-EMBEDDED_PIXEL_MULTIPLE = TinyVideoCodec.spatial_stride * math.lcm(*get_preset("tiny").video.patch_size[1:])
-
-
-class SyncAVCodecs:
-    """The SYNCAV_CODECS value: the video and audio codecs of a loaded pipeline and the helpers nodes need
-    (latent shapes, SyncCFG anchors, decoding). Holds the ``AVPipeline`` the loader built."""
-
-    def __init__(self, pipeline: AVPipeline):
-        self.pipeline = pipeline
-
-    @property
-    def video_codec(self):
-        return self.pipeline.video_codec
-
-    @property
-    def audio_codec(self):
-        return self.pipeline.audio_codec
-
-    @property
-    def fps(self) -> float:
-        return float(self.pipeline.video_codec.fps)
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.pipeline.audio_codec.sample_rate)
-
-    @property
-    def pixel_multiple(self) -> int:
-        """Width and height must be positive multiples of this many pixels."""
-        return self.pipeline.pixel_multiple
-
-    def latent_shapes(self, seconds: float, height: int, width: int, batch: int = 1):
-        """(video [B, Cv, Fv, Hv, Wv], audio [B, La, Ca]) latent shapes of a clip."""
-        return self.pipeline.latent_shapes(seconds, height, width, batch)
-
-    def anchors(self, video_shape, audio_shape, device=None, dtype=torch.float32):
-        """(static_video [1, Cv, Fv, Hv, Wv], silence [1, La, Ca]): SyncCFG's clean anchor latents."""
-        return self.pipeline.anchors(video_shape, audio_shape, device=device, dtype=dtype)
-
-    def decode(self, video_latent: torch.Tensor, audio_latent: torch.Tensor):
-        """-> (frames [B, F, H, W, 3] in 0..1, waveform [B, C, T] in -1..1), float32 on the CPU."""
-        return self.pipeline.decode(video_latent, audio_latent)
-
-    def __repr__(self) -> str:
-        return (f"SyncAVCodecs({self.pipeline.name}: {type(self.video_codec).__name__} {self.fps:g} fps, "
-                f"{type(self.audio_codec).__name__} {self.sample_rate} Hz)")
-
 
 def _check_embedded_codecs(path: str, name: str) -> None:
     """Refuse, before loading any weight, a file whose latent / text widths are not the embedded codecs'."""
@@ -110,7 +60,7 @@ def ovi_text_encoder(variant: OviVariant) -> OviTextEncoder:
         if comfy_bridge.comfy_available():
             weights = find_file(TEXT_ENCODER, comfy_bridge.find_model_file, "Ovi text encoder",
                                 comfy_bridge.model_folder_paths)
-            return load_umt5_xxl_clip(weights, encoder.dim, encoder.max_length)
+            return comfy_bridge.load_umt5_xxl_clip(weights, encoder.dim, encoder.max_length)
         weights, config_dir = find_text_encoder_files(comfy_bridge.find_model_file, comfy_bridge.model_folder_paths)
         # The width the joint model was fitted to: a UMT5 of another width is refused from its config.json,
         # before its (up to 11 GB of) weights are read.
@@ -176,43 +126,44 @@ def load_pipeline(checkpoint: str, dtype: str) -> AVPipeline:
     return pipeline
 
 
-class SyncAVLoader:
+class SyncAVLoader(io.ComfyNode):
     """Loads the joint audio-video model, the codecs it was trained with and its text encoder."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "checkpoint": ([EMBEDDED_DEFAULT, EMBEDDED_SYNC_TUNED] + list(OVI_PRESETS)
-                           + comfy_bridge.diffusion_model_names(), {
-                "default": EMBEDDED_DEFAULT,
-                "tooltip": f"{EMBEDDED_DEFAULT!r}: the small model that ships with the package (no download, "
-                           f"runs on a CPU). {EMBEDDED_SYNC_TUNED!r}: the same with its shipped sync LoRA (DPO "
-                           "on temporal negatives) merged. 'Ovi ...': Ovi's published models; they need the joint "
-                           "model in models/diffusion_models (Ovi's model.safetensors, model_960x960.safetensors, "
-                           "model_960x960_10s.safetensors, model_fp8_e4m3fn.safetensors), wan2.2_vae.safetensors, "
-                           "mmaudio_vae_16k_fp32.safetensors and mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors in "
-                           "models/vae, and umt5_xxl_fp16.safetensors in models/text_encoders (loaded at the first "
-                           "prompt, not at all when a CLIP is connected to SyncAV Text Encode). Otherwise a "
-                           ".safetensors joint model from models/diffusion_models (Ovi files are recognised)."}),
-            "dtype": (list(DTYPES), {
-                "default": "auto",
-                "tooltip": "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default; "
-                           "an fp8 file stays fp8 and computes in bf16). Where the device cannot compute in it, "
-                           "ComfyUI computes in a wider dtype."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        choices = [EMBEDDED_DEFAULT, EMBEDDED_SYNC_TUNED] + list(OVI_PRESETS) + comfy_bridge.diffusion_model_names()
+        return io.Schema(
+            node_id="SyncAVLoader", display_name="SyncAV Loader", category=comfy_types.CATEGORY,
+            description="Loads a SyncAV joint audio-video model with its codecs and text encoder. The embedded "
+                        "default needs no files; the Ovi presets load Ovi's joint model with the Wan2.2 VAE, the "
+                        "MMAudio 16 kHz VAE and its BigVGAN vocoder, and UMT5-XXL at the first prompt.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=choices, default=EMBEDDED_DEFAULT, tooltip=(
+                    f"{EMBEDDED_DEFAULT!r}: the small model that ships with the package (no download, runs on a "
+                    f"CPU). {EMBEDDED_SYNC_TUNED!r}: the same with its shipped sync LoRA (DPO on temporal "
+                    "negatives) merged. 'Ovi ...': Ovi's published models; they need the joint model in "
+                    "models/diffusion_models (Ovi's model.safetensors, model_960x960.safetensors, "
+                    "model_960x960_10s.safetensors, model_fp8_e4m3fn.safetensors), wan2.2_vae.safetensors, "
+                    "mmaudio_vae_16k_fp32.safetensors and mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors in "
+                    "models/vae, and umt5_xxl_fp16.safetensors in models/text_encoders (loaded at the first "
+                    "prompt, not at all when a CLIP is connected to SyncAV Text Encode). Otherwise a "
+                    ".safetensors joint model from models/diffusion_models (Ovi files are recognised).")),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=(
+                    "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default; an fp8 "
+                    "file stays fp8 and computes in bf16). Where the device cannot compute in it, ComfyUI "
+                    "computes in a wider dtype.")),
+            ],
+            outputs=[
+                comfy_types.output(io.Model, "model", "The joint audio-video diffusion model (for SyncAV samplers "
+                                                       "and trainers)."),
+                comfy_types.output(comfy_types.CODECS, "codecs", "The video and audio codecs: latent sizes, "
+                                                                   "SyncCFG anchors, decoding."),
+                comfy_types.output(comfy_types.TEXT_ENCODER, "text_encoder", "The text encoder the model was "
+                                                                               "trained with."),
+            ])
 
-    RETURN_TYPES = ("MODEL", "SYNCAV_CODECS", "SYNCAV_TEXT_ENCODER")
-    RETURN_NAMES = ("model", "codecs", "text_encoder")
-    OUTPUT_TOOLTIPS = ("The joint audio-video diffusion model (for SyncAV samplers and trainers).",
-                       "The video and audio codecs: latent sizes, SyncCFG anchors, decoding.",
-                       "The text encoder the model was trained with.")
-    FUNCTION = "load"
-    CATEGORY = "SyncAV"
-    DESCRIPTION = ("Loads a SyncAV joint audio-video model with its codecs and text encoder. The embedded default "
-                   "needs no files; the Ovi presets load Ovi's joint model with the Wan2.2 VAE, the MMAudio 16 kHz "
-                   "VAE and its BigVGAN vocoder, and UMT5-XXL at the first prompt.")
-
-    def load(self, checkpoint: str, dtype: str):
+    @classmethod
+    def execute(cls, checkpoint: str, dtype: str) -> io.NodeOutput:
         pipeline = load_pipeline(checkpoint, dtype)
         patcher = comfy_bridge.wrap_model(pipeline.model)
-        return (patcher, SyncAVCodecs(pipeline), pipeline.text_encoder)
+        return io.NodeOutput(patcher, comfy_types.SyncAVCodecs(pipeline), pipeline.text_encoder)

@@ -18,11 +18,10 @@ import torch
 from ..model.checkpoint import CONFIG_METADATA_KEY, load_joint_model
 from ..codecs.interface import AudioCodec, VideoCodec
 from ..model.config import TowerConfig, get_preset
-from .prompt import OVI_AUDIO_NEGATIVE, OVI_VIDEO_NEGATIVE
 from .sizes import audio_latent_length, frames_for_seconds, rope_scale_from_codecs, snap_size_to_area, \
     video_latent_frames
 from .variants import OviFiles, OviVariant
-from ..generation.pipeline import AVPipeline
+from ..generation.pipeline import AVPipeline, ClipSize
 from ..text.interface import EncodedText, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,6 @@ class OviPipeline(AVPipeline):
     @property
     def prompt_style(self) -> str:
         return getattr(self.text_encoder, "prompt_style", None) or self.variant.prompt_style
-
-    @property
-    def default_negatives(self) -> tuple[str, str]:
-        """Ovi's (video, audio) negative prompts."""
-        return OVI_VIDEO_NEGATIVE, OVI_AUDIO_NEGATIVE
 
     def frame_size(self, height_px: int, width_px: int) -> tuple[int, int]:
         """The frame size Ovi makes for a requested one: its aspect ratio at the variant's pixel area, sides in
@@ -209,7 +203,8 @@ def build_ovi_pipeline(variant: OviVariant, files: OviFiles | None = None, *, mo
 
         enable_block_swap(model, blocks_on_gpu, device)
     return OviPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder,
-                       name=name or variant.label, variant=variant)
+                       name=name or variant.label, variant=variant,
+                       default_clip=ClipSize(variant.seconds, variant.height_px, variant.width_px))
 
 
 def _text_encoder_for(tower: TowerConfig, variant: OviVariant, model_path: str, text_encoder: TextEncoder | None,
@@ -247,9 +242,3 @@ def _config_argument(path: str, variant: OviVariant) -> dict:
     if shape[:1] == [preset.video.dim] and CONFIG_METADATA_KEY not in metadata:
         return {"config": preset}
     return {}
-
-
-def default_models_dir() -> str:
-    """Where scripts look for ComfyUI-style model folders: ``$SYNCAV_MODELS_DIR``, else ``./models``."""
-    return os.path.abspath(os.environ.get("SYNCAV_MODELS_DIR") or "models")
-

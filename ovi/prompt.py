@@ -8,6 +8,7 @@ and a description of the sound at the end, written ``<AUDCAP>...<ENDAUDCAP>`` fo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 SPEECH_START, SPEECH_END = "<S>", "<E>"
@@ -89,3 +90,42 @@ def build_ovi_prompt(scene: str, speech: str | Sequence[str] | None = None, soun
     parts += [f"{SPEECH_START}{line}{SPEECH_END}" for line in speech_lines(speech)]
     parts.append(sound_caption(sound, style))
     return " ".join(part for part in parts if part)
+
+
+# ------------------------------------------------------------------------------------------------ which model reads what
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The four texts a joint model is conditioned on."""
+
+    video_prompt: str
+    audio_prompt: str
+    video_negative: str
+    audio_negative: str
+
+
+def compose_prompts(video_prompt: str, audio_prompt: str = "", *, video_negative: str | None = None,
+                    audio_negative: str | None = None, speech: str | Sequence[str] | None = None, sound: str = "",
+                    prompt_style: str | None = None, prompt_field: str = "video_prompt",
+                    speech_field: str = "speech") -> PromptSet:
+    """The texts each tower reads, from what a user typed (the one copy of this policy: node and CLI call it).
+
+    prompt_style: an Ovi style (``STYLES``) or None for a model without Ovi's prompt format (the embedded default).
+    Ovi: the scene, the spoken lines and the sound description (``sound``, else ``audio_prompt``) form one prompt
+    both towers read; a negative left out (None) is Ovi's default. Other models: the audio tower reads
+    ``audio_prompt``, else ``sound``, else the video prompt; they do not speak; a negative left out is empty.
+    prompt_field, speech_field: how the caller names the prompt and the spoken lines in errors.
+    """
+    if not isinstance(video_prompt, str) or not video_prompt.strip():
+        raise ValueError(f"{prompt_field}: expected a description of the video, received an empty prompt")
+    if prompt_style is not None:
+        prompt = build_ovi_prompt(video_prompt, speech, (sound or "").strip() or (audio_prompt or "").strip(),
+                                  prompt_style)
+        return PromptSet(prompt, prompt, OVI_VIDEO_NEGATIVE if video_negative is None else video_negative.strip(),
+                         OVI_AUDIO_NEGATIVE if audio_negative is None else audio_negative.strip())
+    if speech_lines(speech):
+        raise ValueError(f"{speech_field}: this model does not speak (spoken lines are an Ovi prompt feature); "
+                         "leave it empty or load an Ovi model")
+    audio = next((text for text in (audio_prompt, sound) if text and text.strip()), video_prompt)
+    return PromptSet(video_prompt.strip(), audio.strip(), (video_negative or "").strip(),
+                     (audio_negative or "").strip())

@@ -33,8 +33,9 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
+from ..files.model_folders import FileFinder, FolderDescriber
 from .prompt import STYLE_AUDCAP, STYLE_AUDIO_PREFIX
 from .sizes import OVI_FPS, latent_lengths
 
@@ -192,36 +193,6 @@ def recognise_variant(file_name: str, header: Mapping[str, Mapping]) -> tuple[Ov
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-# finder(folders, names) -> full path of the first file found, or None
-FileFinder = Callable[[Sequence[str], Sequence[str]], Optional[str]]
-
-
-def folder_tree_finder(models_dir: str | os.PathLike) -> FileFinder:
-    """A finder over a ComfyUI-style ``models`` folder on disk: ``<models_dir>/<folder>/**/<name>``."""
-    root = os.fspath(models_dir)
-
-    def find(folders: Sequence[str], names: Sequence[str]) -> Optional[str]:
-        for folder in folders:
-            base = os.path.join(root, folder)
-            if not os.path.isdir(base):
-                continue
-            for name in names:
-                direct = os.path.join(base, name)
-                if os.path.isfile(direct):
-                    return direct
-            for directory, _, files in sorted(os.walk(base)):
-                for name in names:
-                    if name in files:
-                        return os.path.join(directory, name)
-        return None
-
-    return find
-
-
-# describe(folders) -> the directories searched for them, for error messages
-FolderDescriber = Callable[[Sequence[str]], Sequence[str]]
-
 
 def missing_file_error(spec: ModelFile, label: str, describe: FolderDescriber | None = None) -> FileNotFoundError:
     others = f" (also accepted: {', '.join(spec.names[1:])})" if len(spec.names) > 1 else ""

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,13 @@ import torch
 # Reference fixtures made with the public reference implementations live beside the repository; set
 # SYNCAV_REFERENCE_DIR to use another copy.
 REFERENCE_DIR = Path(os.environ.get("SYNCAV_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+
+
+# The nodes are V3 ComfyUI nodes: their unit tests need ComfyUI's node API (comfy_api), taken from a ComfyUI source
+# folder. Its runtime (devices, model management) stays out: the nodes use their stand-ins in this process.
+if os.environ.get("COMFYUI_DIR") and os.path.isdir(os.environ["COMFYUI_DIR"]):
+    sys.path.append(os.environ["COMFYUI_DIR"])
+    os.environ["SYNCAV_NO_COMFYUI"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,9 @@ from comfyui_syncav.generation.pipeline import AVPipeline, embedded_config
 from comfyui_syncav.text.embedded import TinyTextEncoder
 from comfyui_syncav.data import av_dataset
 from comfyui_syncav.data.av_dataset import AVClipDataset, AVDatasetError, resize_crop
-from comfyui_syncav.bouncebench.clips import BounceBenchConfig, make_clip, split_seeds, write_dataset
+from comfyui_syncav.bouncebench.clips import make_clip
+from comfyui_syncav.bouncebench.config import BounceBenchConfig, split_seeds
+from comfyui_syncav.bouncebench.export import write_dataset
 from comfyui_syncav.train.dpo_training import DPOTrainingConfig, train_dpo
 from comfyui_syncav.model.batch import AVBatch
 

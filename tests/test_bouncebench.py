@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from comfyui_syncav.files.media_io import probe_mp4
-from comfyui_syncav.bouncebench.clips import (BALL_CLASSES, SPLITS, STANDARD, VARIANTS, BounceBenchConfig,
-                                              caption_for, make_batch, make_clip, make_clips, split_seeds,
-                                              write_dataset)
+from comfyui_syncav.bouncebench.clips import make_batch, make_clip, make_clips
+from comfyui_syncav.bouncebench.config import BALL_CLASSES, SPLITS, STANDARD, VARIANTS, BounceBenchConfig, split_seeds
+from comfyui_syncav.bouncebench.export import write_dataset
+from comfyui_syncav.bouncebench.scene import caption_for
 
 MIXED = dataclasses.replace(STANDARD, name="mixed", num_balls=(1, 3))
 

@@ -1,6 +1,7 @@
 """The CLI writes a playable mp4 with its soundtrack, and refuses bad input with one clear line."""
 
 import numpy as np
+import pytest
 
 from comfyui_syncav.cli import main
 from comfyui_syncav.files.media_io import probe_mp4
@@ -21,7 +22,7 @@ def test_generate_writes_h264_with_aac_of_the_asked_length(tmp_path, capsys):
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["generate", "--prompt", "  ", "--out", str(tmp_path / "x.mp4")]) == 2
-    assert "video_prompt is empty" in capsys.readouterr().err
+    assert "prompt: expected a description of the video, received an empty prompt" in capsys.readouterr().err
     assert main(["generate", "--prompt", "ball", "--width", "30", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "multiples of 8" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
@@ -89,18 +90,18 @@ def test_train_default_options_reach_the_recipe():
     from comfyui_syncav.cli import _default_recipe, build_parser
 
     plain = _default_recipe(build_parser().parse_args(["train-default", "--out", "run", "--steps", "10"]))
-    assert (plain.train.steps, plain.train.lr, plain.loss.shift, plain.data_start_step) == (10, 1e-3, 1.0, 0)
+    assert (plain.train.steps, plain.train.lr, plain.loss.noise.shift, plain.data_start_step) == (10, 1e-3, 1.0, 0)
     continued = _default_recipe(build_parser().parse_args(
         ["train-default", "--out", "run", "--steps", "20", "--lr", "5e-4", "--data-start-step", "5200",
          "--noise-shift", "3"]))
-    assert (continued.train.steps, continued.train.lr, continued.loss.shift, continued.data_start_step) == \
+    assert (continued.train.steps, continued.train.lr, continued.loss.noise.shift, continued.data_start_step) == \
         (20, 5e-4, 3.0, 5200)
-    assert continued.loss.lambda_video == plain.loss.lambda_video  # the rest of the recipe is untouched
+    assert continued.loss.noise.lambda_video == plain.loss.noise.lambda_video  # the rest of the recipe is untouched
 
 
 def test_train_default_refuses_a_non_positive_noise_shift(tmp_path, capsys):
     assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--noise-shift", "0"]) == 2
-    assert "--noise-shift: expected a positive shift" in capsys.readouterr().err
+    assert "--noise-shift: expected a finite number > 0, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -111,8 +112,9 @@ def test_atomic_writes_use_hidden_tmp_names_flush_to_disk_and_are_never_listed(t
     import os
 
     from comfyui_syncav.files import atomic as atomic_files
+    pytest.importorskip("comfy_api.latest", reason="ComfyUI's node API not found (set COMFYUI_DIR)")
     from comfyui_syncav.nodes import comfy_bridge
-    from comfyui_syncav.nodes.lora import listed_lora_names
+    from comfyui_syncav.nodes.comfy_bridge import listed_lora_names
 
     synced = []
     real_fsync = os.fsync

@@ -7,8 +7,9 @@ import torch
 
 from comfyui_syncav.model import JointModel
 from comfyui_syncav.runtime.lora import LoraSpec, add_lora, disabled_adapters, lora_layers
-from comfyui_syncav.train.dpo_loss import (DEFAULT_BETA, DPOConfig, av_dpo_loss, dpo_loss,
-                                           dpo_loss_fn, draw_pair_noise, paired_errors)
+from comfyui_syncav.train.dpo_loss import DEFAULT_BETA, DPOConfig, av_dpo_loss, dpo_loss, paired_errors
+from comfyui_syncav.train.noise_mix import NoiseMix, draw_noise
+from comfyui_syncav.train.objectives import make_loss_fn
 from comfyui_syncav.model.batch import AVBatch, PreferenceBatch
 from comfyui_syncav.train.loop import TrainConfig, train
 from micro_models import micro_model
@@ -81,7 +82,7 @@ def test_reference_is_the_adapter_disabled_network_without_a_second_copy():
     base_numel = sum(p.numel() for p in base.parameters())
     model = lora_model(randomize_b=True)
     winner, loser = pair()
-    noise = draw_pair_noise(winner, DPOConfig(), torch.Generator().manual_seed(1))
+    noise = draw_noise(winner, DPOConfig().noise, torch.Generator().manual_seed(1))
     with torch.no_grad():
         with disabled_adapters(model):
             reference = paired_errors(model, winner, loser, noise)
@@ -105,14 +106,14 @@ def test_reference_is_the_adapter_disabled_network_without_a_second_copy():
 
 
 def test_av_dpo_loss_is_dpo_of_policy_against_base_with_driven_rows_and_sft():
-    cfg = DPOConfig(beta_video=800.0, beta_audio=1200.0, driven_fraction=0.5, sft_weight=0.25,
+    cfg = DPOConfig(beta_video=800.0, beta_audio=1200.0, noise=NoiseMix(driven_fraction=0.5), sft_weight=0.25,
                     weight_video=1.0, weight_audio=0.5)
     model, base = lora_model(randomize_b=True), micro_model()
     winner, loser = pair(batch=8)
     loss, logs = av_dpo_loss(model, winner, loser, torch.Generator().manual_seed(5), cfg,
                              rules=["shift"] * 5 + ["reverse"] * 3)
 
-    noise = draw_pair_noise(winner, cfg, torch.Generator().manual_seed(5))   # the same draws
+    noise = draw_noise(winner, cfg.noise, torch.Generator().manual_seed(5))   # the same draws
     # 8 rows, half driven: [joint 0-3 | audio-driven video 4-5 | video-driven audio 6-7]
     assert torch.all(noise.sigma_audio[4:6] == 0) and torch.all(noise.sigma_video[6:] == 0)
     with torch.no_grad():
@@ -171,7 +172,7 @@ def test_dpo_trains_through_the_shared_loop(tmp_path):
     winner, loser = pair()
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     cfg = TrainConfig(steps=2, lr=1e-3, warmup_steps=1, ema_decay=None, log_every=1)
-    result = train(model, lambda step, g: PreferenceBatch(winner, loser), dpo_loss_fn(DPOConfig()), cfg, tmp_path,
+    result = train(model, lambda step, g: PreferenceBatch(winner, loser), make_loss_fn(DPOConfig()), cfg, tmp_path,
                    progress=False)
     assert result.state.step == 2 and "video_accuracy" in result.state.history[-1]
     assert all(torch.equal(dict(model.named_parameters())[n], p) for n, p in base_before.items())

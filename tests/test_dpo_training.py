@@ -11,8 +11,10 @@ from comfyui_syncav.runtime.lora import (KEY_PREFIX, LoraSpec, check_lora_fits, 
                                        lora_state_dict)
 from comfyui_syncav.files.safetensors_io import load_tensors, read_header
 from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
+from comfyui_syncav.train.dpo_loss import DPOConfig
 from comfyui_syncav.train.dpo_training import (CURVES_FILE, HISTORY_FILE, LORA_FILE, DPOTrainingConfig,
                                                PreferencePairs, train_dpo)
+from comfyui_syncav.train.noise_mix import NoiseMix
 from comfyui_syncav.train.embedded_training import BounceBatches
 from comfyui_syncav.train.loop import CHECKPOINT_NAME
 from comfyui_syncav.negatives.rules import RULES
@@ -112,6 +114,20 @@ def test_ablation_settings_restrict_the_rules(text_encoder):
     assert config_from_json.curriculum == DEFAULT_CURRICULUM
     with pytest.raises(ValueError, match="objective"):
         tiny_config(objective="ppo")
+
+
+def test_the_saved_training_config_loads_back_and_older_run_files_still_do():
+    config = tiny_config(dpo=DPOConfig(beta_audio=500.0, noise=NoiseMix(shift=3.0, driven_fraction=0.25)))
+    saved = json.loads(config.to_json())
+    assert DPOTrainingConfig(**saved) == config
+    # Run files hold the DPO settings flat, the noise mix beside the betas, as they did before NoiseMix existed.
+    older = {"beta_video": None, "beta_audio": 500.0, "weight_video": 1.0, "weight_audio": 1.0, "sft_weight": 0.0,
+             "driven_fraction": 0.25, "lambda_video": 0.1, "lambda_audio": 0.3, "shared_sigma_fraction": 0.5,
+             "logit_mean": 0.0, "logit_std": 1.0, "shift": 3.0}
+    assert saved["dpo"] == older
+    assert DPOTrainingConfig(**{**saved, "dpo": older}).dpo == config.dpo
+    # The SFT baseline trains with the very noise mix of the DPO settings.
+    assert tiny_config(objective="sft", dpo=config.dpo).loss_config().noise is config.dpo.noise
 
 
 def test_interrupted_and_resumed_run_gives_a_bit_identical_lora(straight_run, tmp_path, text_encoder):

@@ -14,9 +14,11 @@ from comfyui_syncav.cli import main
 from comfyui_syncav.generation.generate import generate_clip
 from comfyui_syncav.generation.pipeline import build_embedded_default
 from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
-from comfyui_syncav.bouncebench.clips import BALL_CLASSES, VARIANTS, make_clips, split_seeds
-from comfyui_syncav.bouncebench.evaluation import (RESULT_KEYS, SUMMARY_KEYS, audio_quality, count_blobs,
-                                             evaluate_bouncebench, score_clip, video_quality)
+from comfyui_syncav.bouncebench.audio_proxies import audio_quality
+from comfyui_syncav.bouncebench.clips import make_clips
+from comfyui_syncav.bouncebench.config import BALL_CLASSES, VARIANTS, split_seeds
+from comfyui_syncav.bouncebench.evaluation import RESULT_KEYS, SUMMARY_KEYS, evaluate_bouncebench, score_clip
+from comfyui_syncav.bouncebench.video_proxies import count_blobs, video_quality
 from comfyui_syncav.metrics.sync_metrics import REPORT_KEYS
 
 CLIPS, STEPS = 2, 2

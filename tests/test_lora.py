@@ -9,7 +9,7 @@ from comfyui_syncav.model import JointConfig, JointModel
 from comfyui_syncav.runtime.lora import (LoraSpec, add_lora, apply_lora, comfy_lora_key_map, disabled_adapters,
                                        load_lora, lora_layers, lora_state_dict, save_lora, split_by_tower)
 from comfyui_syncav.files.safetensors_io import CheckpointError, save_tensors_atomic
-from comfyui_syncav.nodes.comfy_bridge import SyncAVModel
+from comfyui_syncav.nodes.comfy_types import SyncAVModel
 from micro_models import micro_model
 
 

@@ -14,38 +14,31 @@ import torch
 from comfyui_syncav.model.checkpoint import save_joint_model
 from comfyui_syncav.model.config import get_preset
 from comfyui_syncav.model.joint import JointModel
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfy_nodes import NODE_CLASSES, info, node, options
 from comfyui_syncav.nodes import comfy_bridge
-from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT, SyncAVCodecs
-from comfyui_syncav.nodes.sampler import joint_model_of
+from comfyui_syncav.nodes.comfy_types import SyncAVCodecs, joint_model_of
+from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT
 
 STEPS = 3
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
-def node(name):
-    return NODE_CLASS_MAPPINGS[name]()
-
-
-# ------------------------------------------------------------------------------------------------ contract
-
-@pytest.mark.parametrize("key", sorted(NODE_CLASS_MAPPINGS))
+@pytest.mark.parametrize("key", sorted(NODE_CLASSES))
 def test_node_contract(key):
-    cls = NODE_CLASS_MAPPINGS[key]
-    assert key.startswith("SyncAV")
-    assert NODE_DISPLAY_NAME_MAPPINGS.get(key, "").startswith("SyncAV "), f"{key}: no display name"
-    spec = cls.INPUT_TYPES()
-    assert isinstance(spec, dict) and isinstance(spec.get("required"), dict) and spec["required"]
+    entry = info(key)
+    assert key.startswith("SyncAV") and entry["name"] == key
+    assert entry["display_name"].startswith("SyncAV "), f"{key}: no display name"
+    spec = entry["input"]
+    assert isinstance(spec.get("required"), dict) and spec["required"]
     assert set(spec) <= {"required", "optional", "hidden"}
-    for name, entry in spec["required"].items():
-        assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, f"{key}.{name}: spec must be (type, options)"
-        kind = entry[0]
-        options = entry[1] if len(entry) == 2 else {}
-        assert isinstance(options, dict)
+    for name, item in {**spec["required"], **spec.get("optional", {})}.items():
+        kind = item[0]
+        options = item[1] if len(item) == 2 else {}
         assert options.get("tooltip"), f"{key}.{name}: no tooltip"
-        if isinstance(kind, list):  # combo
-            assert kind and all(isinstance(v, str) for v in kind), f"{key}.{name}: combo must list strings"
-            assert options.get("default", kind[0]) in kind
+        if kind == "COMBO":
+            choices = options["options"]
+            assert choices and all(isinstance(v, str) for v in choices), f"{key}.{name}: combo must list strings"
+            assert options.get("default", choices[0]) in choices
         else:
             assert isinstance(kind, str) and kind == kind.upper(), f"{key}.{name}: bad type {kind!r}"
         if kind in ("INT", "FLOAT"):
@@ -54,29 +47,32 @@ def test_node_contract(key):
             assert options["min"] <= options["default"] <= options["max"], f"{key}.{name}: default out of range"
             if kind == "INT":
                 assert all(isinstance(options[k], int) for k in ("default", "min", "max"))
-        if kind == "STRING":
+        if kind == "STRING" and not options.get("forceInput"):
             assert isinstance(options.get("default"), str), f"{key}.{name}: STRING without a default"
-    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
-    assert all(isinstance(t, str) for t in cls.RETURN_TYPES)
-    assert isinstance(cls.RETURN_NAMES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
-    if hasattr(cls, "OUTPUT_TOOLTIPS"):
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-    assert callable(getattr(cls, cls.FUNCTION, None)), f"{key}: FUNCTION {cls.FUNCTION!r} is not a method"
-    assert cls.CATEGORY == "SyncAV"
-    assert isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION
-    # every required input is a parameter of the function (ComfyUI passes them by name)
-    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
-    assert set(spec["required"]) <= set(params), f"{key}: inputs without a parameter"
+    outputs = entry["output"]
+    assert outputs and all(isinstance(t, str) for t in outputs)
+    assert len(entry["output_name"]) == len(outputs) and all(entry["output_name"])
+    assert all(n != n.upper() for n in entry["output_name"]), f"{key}: outputs named by their types"
+    assert len(entry["output_tooltips"]) == len(outputs) and all(entry["output_tooltips"])
+    assert entry["category"] == "SyncAV"
+    assert isinstance(entry["description"], str) and entry["description"]
+    # every input is a parameter of execute (ComfyUI passes them by name)
+    params = inspect.signature(NODE_CLASSES[key].execute).parameters
+    assert set(spec["required"]) | set(spec.get("optional", {})) <= set(params), f"{key}: inputs without a parameter"
 
 
-def test_display_names_cover_exactly_the_nodes():
-    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
-    assert len(set(NODE_DISPLAY_NAME_MAPPINGS.values())) == len(NODE_DISPLAY_NAME_MAPPINGS)
+def test_display_names_are_distinct():
+    names = [info(key)["display_name"] for key in NODE_CLASSES]
+    assert len(set(names)) == len(names) == 12
 
 
-def test_root_package_exports_the_nodes():
+def test_root_package_offers_the_nodes_through_comfy_entrypoint():
+    import asyncio
+
     import comfyui_syncav
-    assert comfyui_syncav.NODE_CLASS_MAPPINGS is NODE_CLASS_MAPPINGS
+    extension = asyncio.run(comfyui_syncav.comfy_entrypoint())
+    assert asyncio.run(extension.get_node_list()) == list(NODE_CLASSES.values())
+
 
 
 # ------------------------------------------------------------------------------------------------ chain
@@ -251,16 +247,18 @@ def test_bad_seconds_and_sync_interval_are_refused(loaded):
 
 
 def test_wrong_inputs_are_named(loaded):
-    model, codecs, text_encoder = loaded
+    # MODEL is every model's type in ComfyUI: an image model wired in gets a clear error from the node.
     with pytest.raises(ValueError, match="model: expected the MODEL output of SyncAV Loader"):
         joint_model_of(object())
-    with pytest.raises(ValueError, match="latent: expected a SyncAV latent"):
-        node("SyncAVDecode").decode(codecs, {"samples": torch.zeros(1, 4, 8, 8)})
-    with pytest.raises(ValueError, match="codecs: expected"):
-        node("SyncAVDecode").decode(text_encoder, {"video": torch.zeros(1, 16, 2, 2, 2),
-                                                   "audio": torch.zeros(1, 4, 32)})
-    with pytest.raises(ValueError, match="text_encoder: expected"):
-        node("SyncAVTextEncode").encode(codecs, "a ball", "", "", "")
+    # The SyncAV values have types of their own, so ComfyUI refuses a wrong link before a node runs.
+    def input_type(name, input_name):
+        return info(name)["input"]["required"][input_name][0]
+
+    assert input_type("SyncAVDecode", "latent") == "SYNCAV_LATENT"
+    assert input_type("SyncAVDecode", "codecs") == "SYNCAV_CODECS"
+    assert input_type("SyncAVTextEncode", "text_encoder") == "SYNCAV_TEXT_ENCODER"
+    assert info("SyncAVSampler")["output"] == ["SYNCAV_LATENT"] and info("SyncAVLoader")["output"][1:] == \
+        ["SYNCAV_CODECS", "SYNCAV_TEXT_ENCODER"]
 
 
 # ------------------------------------------------------------------------------------------------ loader
@@ -406,7 +404,7 @@ def test_every_loader_choice_loads_or_asks_for_its_own_file(ovi_models_dir):
     import re
 
     assert not comfy_bridge.comfy_available()            # these tests exercise the stand-ins
-    combo = NODE_CLASS_MAPPINGS["SyncAVLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    combo = options("SyncAVLoader", "checkpoint")
     assert combo[0] == EMBEDDED_DEFAULT
     assert [choice for choice in combo if choice.startswith("Ovi ")] == list(OVI_PUBLISHED_FILES)
     for label, file_name in OVI_PUBLISHED_FILES.items():
@@ -497,7 +495,7 @@ class FixedClip:
 def test_comfy_clip_text_encoder_measures_pads_and_checks_the_width(caplog):
     from ovi_stand_ins import StandInClip, StandInUMT5
 
-    from comfyui_syncav.nodes.clip_text_encoder import ComfyClipTextEncoder
+    from comfyui_syncav.text.comfy_clip import ComfyClipTextEncoder
 
     encoder = ComfyClipTextEncoder(StandInClip(), dim=4096, max_length=512)
     out = encoder.encode(["a man waves", ""])
@@ -558,7 +556,8 @@ def test_ovi_preset_inside_comfyui_loads_umt5_as_a_wan_clip_at_the_first_prompt(
     alone through ComfyUI's CLIP loader, type wan, once, at the first encode; a missing or wrong file fails then."""
     from ovi_stand_ins import StandInClip, write_ovi_files
 
-    from comfyui_syncav.ovi.variants import folder_tree_finder, get_variant
+    from comfyui_syncav.files.model_folders import folder_tree_finder
+    from comfyui_syncav.ovi.variants import get_variant
 
     write_ovi_files(ovi_models_dir, get_variant("Ovi 720x720 5s"))
     with torch.inference_mode():
@@ -674,7 +673,7 @@ def test_loader_sync_tuned_choice_merges_the_shipped_lora(loaded, tmp_path, monk
     from comfyui_syncav.nodes.loader import EMBEDDED_SYNC_TUNED
     from test_cli import _write_random_lora
 
-    combo = NODE_CLASS_MAPPINGS["SyncAVLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    combo = options("SyncAVLoader", "checkpoint")
     assert combo[:2] == [EMBEDDED_DEFAULT, EMBEDDED_SYNC_TUNED]
     shipped = tmp_path / "embedded_sync_lora.safetensors"
     _write_random_lora(shipped)

@@ -15,12 +15,14 @@ import torch
 from comfyui_syncav.model.joint import JointModel
 from comfyui_syncav.runtime.lora import LoraSpec, add_lora, lora_layers, save_lora
 from comfyui_syncav.files.safetensors_io import CheckpointError, load_tensors, read_header
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, comfy_bridge
+from comfy_nodes import NODE_CLASSES, info, node, options
+from comfyui_syncav.nodes import comfy_bridge
 from comfyui_syncav.nodes.dpo_trainer import RUNS_FOLDER
 from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT
-from comfyui_syncav.nodes.negatives import SyncAVNegativeSpec, _source_latents
+from comfyui_syncav.nodes.comfy_types import SyncAVNegativeSpec
+from comfyui_syncav.data.preview_source import preview_latents
 from comfyui_syncav.data.av_dataset import AVClipDataset
-from comfyui_syncav.bouncebench.clips import write_dataset
+from comfyui_syncav.bouncebench.export import write_dataset
 from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
 from comfyui_syncav.train.loop import CHECKPOINT_NAME
 from comfyui_syncav.negatives.rules import RULES
@@ -35,10 +37,6 @@ def folders(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNCAV_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("SYNCAV_MODELS_DIR", str(tmp_path / "models"))
     return tmp_path
-
-
-def node(name):
-    return NODE_CLASS_MAPPINGS[name]()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +104,7 @@ def test_negative_preview_follows_rules_progress_and_seed(loaded):
     _, images, audio, _, _ = negatives_spec(loaded, rules="audio_shift", progress=0.9, seed=0)
     # an audio rule leaves the frames as they are and changes the sound; a video rule the other way round
     _, codecs, _ = loaded
-    video, audio_latent, _ = _source_latents(codecs, None, 0)
+    video, audio_latent, _ = preview_latents(codecs, None, 0)
     clean_frames, clean_wave = codecs.decode(video[:1], audio_latent[:1])
     assert torch.equal(images, clean_frames[0]) and not torch.equal(audio["waveform"], clean_wave)
     _, images_freeze, audio_freeze, text_freeze, _ = negatives_spec(loaded, rules="video_freeze", progress=0.9)
@@ -130,8 +128,7 @@ def test_negative_spec_options_and_errors(loaded):
     only_swap = json.dumps({"stages": [{"until": 1.0, "rules": [{"rule": "audio_swap"}]}]})
     with pytest.raises(ValueError, match=r"rules: \['audio_shift'\] have no entry in curriculum_json"):
         negatives_spec(loaded, rules="audio_shift", curriculum_json=only_swap)
-    with pytest.raises(ValueError, match="codecs: expected"):
-        node("SyncAVNegatives").build("curriculum", only_swap, "staged", "", "codecs?", 0, 0.0, 0)
+    assert info("SyncAVNegatives")["input"]["required"]["codecs"][0] == "SYNCAV_CODECS"   # checked by ComfyUI
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -154,11 +151,11 @@ def test_dataset_node_and_preview_on_its_clips(loaded, clip_folder, monkeypatch)
     _, images, audio, text, _ = negatives_spec(loaded, dataset=dataset, index=1)
     assert images.shape == (32, 32, 32, 3) and audio["waveform"].shape == (1, 1, 16000)
     assert f"clip: {dataset.clips[1].name}" in text
-    with pytest.raises(ValueError, match="folder: 'nowhere' is not a folder"):
+    with pytest.raises(ValueError, match="folder: '.*nowhere' does not exist"):
         node("SyncAVDataset").load("nowhere", codecs, text_encoder, 2.0, 32, False)
-    with pytest.raises(ValueError, match="size: expected a positive multiple of 8"):
+    with pytest.raises(ValueError, match="size_px: expected sides that are multiples of 8"):
         node("SyncAVDataset").load(clip_folder.name, codecs, text_encoder, 2.0, 30, False)
-    assert NODE_CLASS_MAPPINGS["SyncAVDataset"].IS_CHANGED(folder=str(clip_folder)) != "unreadable"
+    assert NODE_CLASSES["SyncAVDataset"].fingerprint_inputs(folder=str(clip_folder)) != "unreadable"
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -222,8 +219,9 @@ def test_dpo_trainer_writes_a_lora_resumes_and_survives_a_cancel(loaded, folders
         train_node(loaded, spec, steps=3, rank=4)
     with pytest.raises(ValueError, match="output_name: expected a file name"):
         train_node(loaded, spec, name="../escape")
-    with pytest.raises(ValueError, match="negatives: expected the output of SyncAV Temporal Negative Builder"):
-        train_node(loaded, DEFAULT_CURRICULUM)
+    # negatives only links from the Temporal Negative Builder: ComfyUI checks the type of the link
+    assert info("SyncAVDPOTrainer")["input"]["required"]["negatives"][0] == info("SyncAVNegatives")["output"][0] \
+        == "SYNCAV_NEGATIVES"
 
 
 def test_dpo_trainer_on_a_dataset(loaded, clip_folder):
@@ -258,7 +256,7 @@ def test_dpo_trainer_lora_towers_and_noise_shift(loaded):
         train_node(loaded, spec, name="audio_only", steps=2)
     with pytest.raises(ValueError, match="lora_towers: expected one of both, video, audio"):
         train_node(loaded, spec, name="x", lora_towers="text")
-    with pytest.raises(ValueError, match="noise_shift: expected a number > 0"):
+    with pytest.raises(ValueError, match="noise_shift: expected a finite number > 0, got 0.0"):
         train_node(loaded, spec, name="x", noise_shift=0.0)
 
 
@@ -269,7 +267,7 @@ def test_load_lora_changes_the_sampler_and_strength_zero_is_the_base(loaded, fol
     lora_dir = folders / "models" / "syncav_lora"
     lora_dir.mkdir(parents=True)
     random_lora_file(model.model.diffusion_model, lora_dir / "random.safetensors")
-    combo = NODE_CLASS_MAPPINGS["SyncAVLoadLoRA"].INPUT_TYPES()["required"]["lora"][0]
+    combo = options("SyncAVLoadLoRA", "lora")
     assert combo == ["none", "random.safetensors"]
 
     base_video, base_audio = sample(model, loaded)
@@ -309,8 +307,8 @@ def test_load_lora_errors_are_clear(loaded, folders):
             node("SyncAVLoadLoRA").load(model, "gone.safetensors", 1.0, 1.0)
         with pytest.raises(FileNotFoundError, match="lora_path: no such file"):
             node("SyncAVLoadLoRA").load(model, "none", 1.0, 1.0, lora_path="gone.safetensors")
-        with pytest.raises(ValueError, match=r"strength_video: expected a number in \[-2, 2\]"):
-            node("SyncAVLoadLoRA").load(model, "micro.safetensors", 3.0, 1.0)
+        strength = info("SyncAVLoadLoRA")["input"]["required"]["strength_video"][1]   # ComfyUI keeps it inside
+        assert (strength["min"], strength["max"]) == (-2.0, 2.0)
         with pytest.raises(ValueError, match="model: expected the MODEL output of SyncAV Loader"):
             node("SyncAVLoadLoRA").load(object(), "micro.safetensors", 1.0, 1.0)
 

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
-from comfyui_syncav.bouncebench.clips import VARIANTS, make_clip, split_seeds
+from comfy_nodes import info, node, options
+from comfyui_syncav.bouncebench.clips import make_clip
+from comfyui_syncav.bouncebench.config import VARIANTS, split_seeds
 from comfyui_syncav.metrics.sync_metrics import REPORT_KEYS
 
 FPS = 16.0
@@ -18,20 +19,19 @@ FPS = 16.0
 
 def bounce(split="val", index=0, variant="standard"):
     with torch.inference_mode():
-        return NODE_CLASS_MAPPINGS["SyncAVBounceBench"]().make(split, index, variant)
+        return node("SyncAVBounceBench").make(split, index, variant)
 
 
 def measure(images, audio, fps=FPS, tolerance_ms=62.5, mode="auto"):
     with torch.inference_mode():
-        return NODE_CLASS_MAPPINGS["SyncAVSyncMetric"]().measure(images, audio, fps, tolerance_ms, mode)
+        return node("SyncAVSyncMetric").measure(images, audio, fps, tolerance_ms, mode)
 
 
 # ------------------------------------------------------------------------------------------------ choices
 
 def test_every_split_and_variant_choice_makes_its_clip():
-    spec = NODE_CLASS_MAPPINGS["SyncAVBounceBench"].INPUT_TYPES()["required"]
-    for split in spec["split"][0]:
-        for variant in spec["variant"][0]:
+    for split in options("SyncAVBounceBench", "split"):
+        for variant in options("SyncAVBounceBench", "variant"):
             images, audio, caption, fps, truth_json = bounce(split, 0, variant)
             truth = json.loads(truth_json)
             low, high = VARIANTS[variant].num_balls
@@ -44,15 +44,14 @@ def test_every_split_and_variant_choice_makes_its_clip():
 
 
 def test_every_mode_choice_runs_and_auto_reads_blobs_on_a_plain_background():
-    cls = NODE_CLASS_MAPPINGS["SyncAVSyncMetric"]
     images, audio, _, fps, _ = bounce("val", 0)
     late = {"waveform": torch.roll(audio["waveform"], round(4 / fps * 8000), dims=-1), "sample_rate": 8000}
     reports = {}
-    for mode in cls.INPUT_TYPES()["required"]["mode"][0]:
+    for mode in options("SyncAVSyncMetric", "mode"):
         out = measure(images, audio, fps, mode=mode)
         text, f1 = out["result"]
         assert [type(v).__name__ for v in out["result"]] == ["str", "float"] == \
-            [{"STRING": "str", "FLOAT": "float"}[t] for t in cls.RETURN_TYPES]
+            [{"STRING": "str", "FLOAT": "float"}[t] for t in info("SyncAVSyncMetric")["output"]]
         assert out["ui"]["text"] == [text]                                     # an output node shows its report
         reports[mode] = json.loads(text)
         assert measure(images, late, fps, mode=mode)["result"][1] < f1 - 0.5, mode   # measured 1.0 / 0.75 -> 0
@@ -155,9 +154,11 @@ def test_bad_inputs_give_clear_errors():
         measure(images, {"waveform": audio["waveform"][0], "sample_rate": 8000})
     with pytest.raises(ValueError, match=r"audio: 'sample_rate' must be a positive number"):
         measure(images, {"waveform": audio["waveform"], "sample_rate": 0})
-    with pytest.raises(ValueError, match=r"images / audio: 32 frames do not split into 3 clips"):
+    with pytest.raises(ValueError, match=r"frames / waveform: 32 frames do not split into 3 clips"):
         measure(images, {"waveform": audio["waveform"].repeat(3, 1, 1), "sample_rate": 8000})
-    with pytest.raises(ValueError, match=r"fps: expected a positive frame rate"):
-        measure(images, audio, fps=0.0)
-    with pytest.raises(ValueError, match=r"mode: expected one of auto, blobs, motion"):
-        measure(images, audio, mode="flow")
+    # fps and mode are widgets: ComfyUI refuses a value outside the schema's range or choices before the node runs.
+    inputs = info("SyncAVSyncMetric")["input"]["required"]
+    assert inputs["fps"][1]["min"] > 0 and inputs["tolerance_ms"][1]["min"] == 0
+    assert options("SyncAVSyncMetric", "mode") == ["auto", "blobs", "motion"]
+    with pytest.raises(ValueError, match=r"mode: expected 'auto', 'blobs' or 'motion'"):
+        measure(images, audio, mode="flow")            # and the library says so to a caller without a schema

@@ -32,10 +32,10 @@ from comfyui_syncav.files.media_io import probe_mp4
 from comfyui_syncav.codecs.mmaudio_vae import MMAudioVAE, MMAudioVAEConfig
 from comfyui_syncav.ovi.pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline
 from comfyui_syncav.ovi.variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER, find_text_encoder_files, \
-    find_variant_files, folder_tree_finder, get_variant
+    find_variant_files, get_variant
+from comfyui_syncav.files.model_folders import folder_tree_finder
 from comfyui_syncav.files.safetensors_io import CheckpointError, read_header, save_tensors_atomic
 from comfyui_syncav.text.umt5 import UMT5TextEncoder
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
 
 from test_text import write_tiny_umt5
 
@@ -51,7 +51,9 @@ OVI_PROMPT = "A man waves at the camera. <S>Hello there!<E> <AUDCAP>A cheerful v
 
 
 def node(name):
-    return NODE_CLASS_MAPPINGS[name]()
+    from comfy_nodes import node as comfy_node    # needs ComfyUI's node API: only the node tests import it
+
+    return comfy_node(name)
 
 
 def tiny_ovi_config(text_dim: int = UMT5_WIDTH) -> JointConfig:

@@ -5,7 +5,8 @@ import torch
 
 from comfyui_syncav.ovi import pipeline as ovi_pipeline
 from comfyui_syncav.ovi.pipeline import OviPipeline, OviTextEncoder, build_ovi_pipeline, check_codec_rates
-from comfyui_syncav.ovi.variants import find_variant_files, folder_tree_finder, get_variant
+from comfyui_syncav.files.model_folders import folder_tree_finder
+from comfyui_syncav.ovi.variants import find_variant_files, get_variant
 
 from ovi_stand_ins import StandInMMAudioCodec, StandInUMT5, StandInWanCodec, save_ovi_like, write_ovi_files
 
@@ -104,7 +105,7 @@ def test_cli_generate_with_an_ovi_model_names_missing_files(tmp_path, capsys):
                  "--out", out]) == 2
     assert "'model_960x960_10s.safetensors' not found in models/diffusion_models" in capsys.readouterr().err
     assert main(["generate", "--prompt", "a cat", "--speech", "hello", "--out", out]) == 2
-    assert "--speech: the embedded default does not speak" in capsys.readouterr().err
+    assert "--speech: this model does not speak" in capsys.readouterr().err
 
 
 def test_cli_generate_with_an_ovi_model_builds_its_prompt_clip_and_negatives(tmp_path, monkeypatch):
@@ -135,7 +136,9 @@ def test_cli_generate_with_an_ovi_model_builds_its_prompt_clip_and_negatives(tmp
             main(args + extra)
     ovi, typed = calls
     assert ovi["video_prompt"] == ovi["audio_prompt"] == "A man waves. <S>Hello!<E> Audio: A cheerful voice."
-    assert (ovi["seconds"], ovi["height_px"], ovi["width_px"]) == (10.0, 960, 960)
+    # No size given: the clip is the pipeline's own (generate_clip resolves None to pipeline.default_clip).
+    assert (ovi["seconds"], ovi["height_px"], ovi["width_px"]) == (None, None, None)
+    assert ovi["pipeline"].default_clip == (10.0, 960, 960)
     assert isinstance(ovi["pipeline"], OviPipeline) and ovi["pipeline"].variant.key == "960x960_10s"
     assert (ovi["video_negative"], ovi["audio_negative"]) == ("jitter, bad hands, blur, distortion",
                                                               "robotic, muffled, echo, distorted")

@@ -10,7 +10,8 @@ from comfyui_syncav.ovi.prompt import build_ovi_prompt, convert_style, sound_cap
 from comfyui_syncav.ovi.sizes import audio_latent_length, frames_for_seconds, latent_lengths, \
     rope_scale_from_codecs, size_for_aspect, snap_size_to_area, video_latent_frames
 from comfyui_syncav.ovi.variants import VARIANTS, find_text_encoder_files, find_variant_files, \
-    folder_tree_finder, get_variant, recognise_variant, uses_ovi_codecs, variant_from_name
+    get_variant, recognise_variant, uses_ovi_codecs, variant_from_name
+from comfyui_syncav.files.model_folders import folder_tree_finder
 
 from ovi_stand_ins import StandInMMAudioCodec, StandInUMT5, StandInWanCodec, write_ovi_files
 
@@ -110,13 +111,14 @@ def test_empty_negatives_become_ovis_own_per_tower_and_typed_ones_replace_them()
     """SyncAV Text Encode on an Ovi model: an empty (or blank) negative is Ovi's default negative of that tower, as
     Ovi's inference config has them; a typed one is used instead, for its tower only."""
     from comfyui_syncav.ovi.pipeline import OviTextEncoder
+    from comfy_nodes import run
     from comfyui_syncav.nodes.text_encode import SyncAVTextEncode
 
     umt5 = StandInUMT5()
     encoder = OviTextEncoder(StandInUMT5, "audcap")
 
     def negatives(video_negative, audio_negative):
-        (cond,) = SyncAVTextEncode().encode(encoder, SCENE, "", video_negative, audio_negative)
+        (cond,) = run(SyncAVTextEncode, encoder, SCENE, "", video_negative, audio_negative)
         return [text.embeddings for text in cond.negative]
 
     ovi_video = umt5.encode(["jitter, bad hands, blur, distortion"]).embeddings

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from comfyui_syncav.files.safetensors_io import read_header
-from comfyui_syncav.bouncebench.clips import make_clips, split_seeds
+from comfyui_syncav.bouncebench.clips import make_clips
+from comfyui_syncav.bouncebench.config import split_seeds
 from comfyui_syncav.model.batch import PreferenceBatch
 from comfyui_syncav.train.dpo_loss import DPOConfig, av_dpo_loss
-from comfyui_syncav.data.scored_pairs import (CACHE_FILE, ScoredPairsConfig, ScoreWeights, build_scored_pairs,
-                                               caption_balls, score_samples)
+from comfyui_syncav.data.pair_cache import CACHE_FILE
+from comfyui_syncav.data.pair_scoring import ScoreWeights, caption_balls, score_samples
+from comfyui_syncav.data.scored_pairs import ScoredPairsConfig, build_scored_pairs
 from micro_models import micro_pipeline
 
 

@@ -13,10 +13,12 @@ import torch
 
 from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM, Curriculum, CurriculumError
-from comfyui_syncav.negatives.rules import (FAMILIES, RULES, ClipLengths, NegativeRuleError, TimeAxes,
-                                                     applicable, audio_mute, audio_reversal, audio_shift, audio_swap,
-                                                     audio_tempo, build_negatives, repeat_span, segment_shuffle,
-                                                     video_freeze, video_reversal, why_not_applicable)
+from comfyui_syncav.negatives.build import build_negatives
+from comfyui_syncav.negatives.rule_spec import NegativeRuleError
+from comfyui_syncav.negatives.rules import (FAMILIES, RULES, applicable, audio_mute, audio_reversal, audio_shift,
+                                            audio_swap, audio_tempo, repeat_span, segment_shuffle, video_freeze,
+                                            video_reversal, why_not_applicable)
+from comfyui_syncav.negatives.time_axes import ClipLengths, TimeAxes
 
 B, CV, FV, HV, WV = 4, 2, 16, 2, 2         # video latent [B, CV, FV, HV, WV]
 LA, CA = 16, 3                             # audio latent [B, LA, CA]

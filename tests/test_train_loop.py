@@ -5,9 +5,10 @@ import torch
 
 from comfyui_syncav.files.safetensors_io import CheckpointError, save_tensors_atomic
 from comfyui_syncav.model.batch import AVBatch
-from comfyui_syncav.train.flow_loss import (FlowLossConfig, av_flow_loss, flow_matching_error,
-                                            sample_sigmas, task_rows)
+from comfyui_syncav.train.flow_loss import FlowLossConfig, av_flow_loss, flow_matching_error
+from comfyui_syncav.train.noise_mix import NoiseMix, sample_sigmas, task_rows
 from comfyui_syncav.train.loop import CHECKPOINT_NAME, TrainConfig, learning_rate, train
+from comfyui_syncav.train.value_rules import named_as
 from micro_models import micro_model
 
 
@@ -80,7 +81,7 @@ def test_cross_task_rows_give_the_driving_stream_sigma_zero():
             return torch.zeros_like(video), torch.zeros_like(audio)
 
     batch = random_batch(0, torch.Generator().manual_seed(1), batch=10)
-    cfg = FlowLossConfig(driven_fraction=0.4)
+    cfg = FlowLossConfig(noise=NoiseMix(driven_fraction=0.4))
     assert task_rows(10, 0.4) == (6, 2, 2)
     av_flow_loss(Recorder(), batch, torch.Generator().manual_seed(2), cfg)
     assert torch.all(seen["sa"][6:8] == 0) and torch.all(seen["sv"][6:8] > 0)   # audio-driven video
@@ -99,9 +100,9 @@ def test_x0_models_are_scored_on_x0():
 
 
 def test_sigmas_and_learning_rate_schedule():
-    s = sample_sigmas(10000, FlowLossConfig(), torch.Generator().manual_seed(0))
+    s = sample_sigmas(10000, NoiseMix(), torch.Generator().manual_seed(0))
     assert 0 < s.min() and s.max() < 1 and abs(float(s.median()) - 0.5) < 0.02
-    shifted = sample_sigmas(10000, FlowLossConfig(shift=3.0), torch.Generator().manual_seed(0))
+    shifted = sample_sigmas(10000, NoiseMix(shift=3.0), torch.Generator().manual_seed(0))
     assert float(shifted.median()) == pytest.approx(0.75, abs=0.02)  # 3 * 0.5 / (1 + 2 * 0.5)
     cfg = TrainConfig(steps=1000, lr=1e-3, warmup_steps=100, min_lr_fraction=0.1)
     assert learning_rate(0, cfg) == pytest.approx(1e-5)
@@ -119,3 +120,19 @@ def test_logs_with_varying_keys_are_averaged_per_key():
     from comfyui_syncav.train.loop import average_logs
     assert average_logs([{"loss": 1.0, "rule/shift": 0.5}, {"loss": 3.0}, {"loss": 2.0, "rule/shift": 1.5}]) == \
         {"loss": 2.0, "rule/shift": 1.0}
+
+
+def test_config_values_are_checked_by_their_owner_and_named_by_the_front_end():
+    with pytest.raises(ValueError, match=r"^TrainConfig\.lr: expected a finite number > 0, got nan$"):
+        TrainConfig(steps=1, lr=float("nan"))
+    with pytest.raises(ValueError, match=r"^TrainConfig\.steps: expected a whole number >= 1, got 2\.5$"):
+        TrainConfig(steps=2.5)
+    with pytest.raises(ValueError, match=r"^NoiseMix\.driven_fraction: expected a fraction in \[0, 1\], got 1\.5$"):
+        FlowLossConfig(noise=NoiseMix(driven_fraction=1.5))
+    # A front end renames the fields it knows (bare or with their config's name) and leaves the others as they are.
+    with pytest.raises(ValueError, match=r"^--lr: expected a finite number > 0, got 0\.0$"), named_as({"lr": "--lr"}):
+        TrainConfig(steps=1, lr=0.0)
+    with pytest.raises(ValueError, match=r"^noise_shift: expected"), named_as({"NoiseMix.shift": "noise_shift"}):
+        NoiseMix(shift=-1.0)
+    with pytest.raises(ValueError, match=r"^NoiseMix\.logit_std: expected"), named_as({"lr": "--lr"}):
+        NoiseMix(logit_std=0.0)

@@ -11,11 +11,13 @@ import json
 import math
 
 import pytest
-from workflow_files import (FRONTEND_ONLY_TYPES, WORKFLOWS_DIR, api_workflow_names, combo_choices, is_file_name,
-                            load_api, load_object_info_fixture, load_ui, used_node_types, workflow_names)
+from workflow_files import (EVAL_SYNC, FRONTEND_ONLY_TYPES, GENERATE, GENERATE_OVI, SHIPPED, WORKFLOWS_DIR, api_workflow_names,
+                            combo_choices, is_file_name, load_api, load_object_info_fixture, load_ui,
+                            used_node_types, workflow_names)
 
 from comfyui_syncav.headless.ui_to_api import ui_to_api
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, comfy_bridge
+from comfy_nodes import NODE_CLASSES, info
+from comfyui_syncav.nodes import comfy_bridge
 
 NAMES = workflow_names()
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -42,9 +44,8 @@ def _is_widget(spec) -> bool:
 
 
 def test_the_expected_workflows_ship_in_both_formats():
-    assert set(NAMES) >= {"generate_default", "dpo_train_then_generate", "eval_sync", "negatives_preview",
-                          "generate_ovi"}
-    assert NAMES == api_workflow_names(), "every UI workflow needs its API twin in workflows/api/ and back"
+    assert set(NAMES) >= set(SHIPPED)
+    assert NAMES == api_workflow_names(), "every UI workflow needs its API twin in example_workflows/api/ and back"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -67,7 +68,7 @@ def test_api_workflow_names_only_existing_nodes_inputs_and_choices(name, object_
         where = f"{name}.json node {node_id} ({class_type})"
         assert class_type in object_info, f"{where}: not in tests/fixtures/object_info.json"
         if class_type.startswith("SyncAV"):
-            assert class_type in NODE_CLASS_MAPPINGS, where
+            assert class_type in NODE_CLASSES, where
         specs = _input_specs(object_info[class_type])
         unknown = set(node["inputs"]) - set(specs)
         assert not unknown, f"{where}: unknown inputs {sorted(unknown)}"
@@ -183,8 +184,8 @@ def test_ui_workflow_is_a_graph_the_editor_loads(name, object_info):
 
 
 def test_ui_workflows_are_where_comfyui_lists_custom_node_templates():
-    """ComfyUI's /api/workflow_templates lists ``<custom node>/workflows/*.json`` (one of the folder names it
-    searches) and serves the folder: only UI-format files may sit at its top level, API twins go below it."""
+    """ComfyUI's /api/workflow_templates lists ``<custom node>/example_workflows/*.json`` (the folder name ComfyUI's
+    docs recommend) and serves the folder: only UI-format files may sit at its top level, API twins go below it."""
     for path in WORKFLOWS_DIR.glob("*.json"):
         workflow = json.loads(path.read_text())
         assert isinstance(workflow.get("nodes"), list), f"{path.name} is not in UI format"
@@ -194,46 +195,91 @@ def test_workflows_are_shipped_package_data():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((WORKFLOWS_DIR.parent / "pyproject.toml").read_text())
     data = project["tool"]["setuptools"]["package-data"]["comfyui_syncav"]
-    assert {"workflows/*.json", "workflows/api/*.json", "workflows/*.jpg"} <= set(data)
+    assert {"example_workflows/*.json", "example_workflows/api/*.json", "example_workflows/*.jpg"} <= set(data)
     for ui_file in WORKFLOWS_DIR.glob("*.json"):       # each card of the template browser has its picture
         assert ui_file.with_suffix(".jpg").is_file(), ui_file.name
+
+
+def test_registry_icon_is_a_small_square_png_of_this_repository():
+    """[tool.comfy] Icon: the registry shows the file at that URL, which must be this repository's own (a raw
+    GitHub URL under [project.urls] Repository) and a square PNG of at most 400 px (the registry's limit)."""
+    tomllib = pytest.importorskip("tomllib")
+    Image = pytest.importorskip("PIL.Image")
+    project = tomllib.loads((WORKFLOWS_DIR.parent / "pyproject.toml").read_text())
+    repository = project["project"]["urls"]["Repository"]
+    raw_prefix = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    icon_url = project["tool"]["comfy"]["Icon"]
+    assert icon_url.startswith(raw_prefix), icon_url
+    with Image.open(WORKFLOWS_DIR.parent / icon_url[len(raw_prefix):]) as icon:
+        assert icon.format == "PNG" and icon.width == icon.height <= 400, (icon.format, icon.size)
+
+
+# Characters a file name cannot hold on Windows, or that would end or escape the template URL the editor builds
+# from the name unencoded (/api/workflow_templates/<pack>/<name>.json).
+UNSAFE_NAME_CHARACTERS = set('<>:"/\\|?*#%&')
+CARD_TITLE_CHARS = 50      # the card shows two lines of the title, about 25 characters each, then an ellipsis
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_names_are_readable_card_titles_and_safe_file_names(name):
+    """The template browser shows the file name as the card's title, and again as its description."""
+    assert not UNSAFE_NAME_CHARACTERS & set(name) and name == name.strip(), name
+    assert len(name) <= CARD_TITLE_CHARS, f"{name!r} is cut off on its card"
+    assert name.startswith("SyncAV - "), "in the browser's All list the pack's templates sit among ComfyUI's own"
+    needs_gpu = any(node["type"] == "SyncAVLoader" and str(node["widgets_values"][0]).startswith("Ovi")
+                    for node in load_ui(name)["nodes"])
+    assert name.endswith("(GPU only)" if needs_gpu else "(CPU)"), name
+
+
+def test_ovi_workflow_lists_the_files_it_needs_for_the_missing_models_dialog():
+    """The editor reads a workflow's top-level ``models`` ({name, url, directory}) when it opens it and offers each
+    file missing from ``models/<directory>`` for download, only from Hugging Face and only for .safetensors (node
+    ``properties.models`` count only where the name is one of the node's widget values, and the Loader's widget is
+    a preset, not a file). The list must be exactly the files the Loader's preset looks for, by their first name."""
+    from comfyui_syncav.ovi.variants import AUDIO_VAE, TEXT_ENCODER, VIDEO_VAE, VOCODER, VARIANTS_BY_LABEL
+
+    workflow = load_ui(GENERATE_OVI)
+    (loader,) = [node for node in workflow["nodes"] if node["type"] == "SyncAVLoader"]
+    variant = VARIANTS_BY_LABEL[loader["widgets_values"][0]]
+    needed = {(spec.name, spec.folders[0]) for spec in (variant.model_file, VIDEO_VAE, AUDIO_VAE, VOCODER,
+                                                         TEXT_ENCODER)}
+    listed = workflow["models"]
+    assert {(model["name"], model["directory"]) for model in listed} == needed
+    for model in listed:
+        assert set(model) == {"name", "url", "directory"}, model
+        assert model["url"].startswith("https://huggingface.co/") and "/resolve/main/" in model["url"], model
+        assert model["url"].endswith("/" + model["name"]) and model["name"].endswith(".safetensors"), model
+    notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote"]
+    assert any(note.startswith("## GPU only") for note in notes), "the note says first that Ovi needs a GPU"
+    assert all(model["name"] in "\n".join(notes) for model in listed), "the note names every file"
 
 
 # ------------------------------------------------------------------------------------------------ the snapshot
 
 def test_snapshot_holds_exactly_our_nodes_and_those_the_workflows_use(object_info):
-    assert set(object_info) == set(NODE_CLASS_MAPPINGS) | used_node_types()
+    assert set(object_info) == set(NODE_CLASSES) | used_node_types()
     for entry in object_info.values():
         for section in entry["input"].values():
             for spec in section.values() if isinstance(section, dict) else ():
                 assert not any(is_file_name(c) for c in combo_choices(spec) or []), "installed files in the snapshot"
 
 
-def _node_info(key: str, cls) -> dict:
-    """What ComfyUI's server answers in /object_info for one of our (classic, INPUT_TYPES-style) nodes."""
-    info = {
-        "input": cls.INPUT_TYPES(),
-        "input_order": {section: list(inputs) for section, inputs in cls.INPUT_TYPES().items()},
-        "output": list(cls.RETURN_TYPES),
-        "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES))),
-        "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
-        "name": key,
-        "display_name": NODE_DISPLAY_NAME_MAPPINGS.get(key, key),
-        "description": getattr(cls, "DESCRIPTION", ""),
-        "category": getattr(cls, "CATEGORY", "sd"),
-        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
-    }
-    if hasattr(cls, "OUTPUT_TOOLTIPS"):
-        info["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
-    return json.loads(json.dumps(info))      # tuples -> lists, as the server's JSON has them
-
-
-@pytest.mark.parametrize("key", sorted(NODE_CLASS_MAPPINGS))
+@pytest.mark.parametrize("key", sorted(NODE_CLASSES))
 def test_snapshot_describes_our_nodes_as_they_are_now(key, object_info, monkeypatch):
     """Rebuilt from the node classes: a renamed, added or re-ordered input, a new default or choice shows here, and
     the snapshot (and with it the workflows) must be regenerated (tests/fixtures/README.md)."""
     monkeypatch.setattr(comfy_bridge, "diffusion_model_names", lambda: [])   # no installed files, as in the
     monkeypatch.setattr(comfy_bridge, "lora_names", lambda: [])              # fresh server the snapshot came from
-    expected = _node_info(key, NODE_CLASS_MAPPINGS[key])
+    expected = {k: v for k, v in json.loads(json.dumps(info(key))).items() if k != "python_module"}
     stored = {k: v for k, v in object_info[key].items() if k != "python_module"}
     assert stored == expected
+
+
+def test_a_second_run_of_the_generate_workflows_makes_a_new_clip_and_comparisons_stay_put():
+    """The editor applies a seed's control_after_generate after each queued run: the generate workflows draw a new
+    seed (randomize), the eval workflow keeps its seed so both of its samplers start from the same noise."""
+    def seed_controls(name):
+        return [node["widgets_values"][1] for node in load_ui(name)["nodes"] if node["type"] == "SyncAVSampler"]
+
+    assert seed_controls(GENERATE) == ["randomize"] and seed_controls(GENERATE_OVI) == ["randomize"]
+    assert seed_controls(EVAL_SYNC) == ["fixed", "fixed"]

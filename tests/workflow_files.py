@@ -1,10 +1,11 @@
 """The shipped workflows and the /object_info snapshot their tests read (shared by tests/test_workflows.py and
 tests/integration/test_workflows.py).
 
-``workflows/NAME.json`` is the UI format (what the ComfyUI editor saves and loads), ``workflows/api/NAME.json`` its
-API twin (what ``POST /prompt`` takes). ``tests/fixtures/object_info.json`` holds the server's ``/object_info``
-entries of every node type the workflows use plus all of ours, with file names removed from the choice lists (they
-depend on what is installed); tests/fixtures/README.md says how to regenerate it.
+``example_workflows/NAME.json`` is the UI format (what the ComfyUI editor saves and loads),
+``example_workflows/api/NAME.json`` its API twin (what ``POST /prompt`` takes). ``tests/fixtures/object_info.json``
+holds the server's ``/object_info`` entries of every node type the workflows use plus all of ours, with file names
+removed from the choice lists (they depend on what is installed); tests/fixtures/README.md says how to regenerate
+it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ import json
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS_DIR = REPO_ROOT / "workflows"
+WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
 API_DIR = WORKFLOWS_DIR / "api"
+
+# The shipped workflows by what they do. A file name is the title of its card in ComfyUI's template browser (and,
+# with - and _ as spaces, its description), hence the readable names.
+GENERATE = "SyncAV - generate a clip with sound (CPU)"
+EVAL_SYNC = "SyncAV - sync eval, SyncCFG vs plain CFG (CPU)"
+NEGATIVES_PREVIEW = "SyncAV - preview a temporal negative (CPU)"
+DPO_TRAIN_THEN_GENERATE = "SyncAV - DPO sync training, then generate (CPU)"
+GENERATE_OVI = "SyncAV - Ovi video with speech (GPU only)"
+SHIPPED = (GENERATE, EVAL_SYNC, NEGATIVES_PREVIEW, DPO_TRAIN_THEN_GENERATE, GENERATE_OVI)
 OBJECT_INFO_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "object_info.json"
 
 # Nodes that live only in the editor: they never reach the server and have no /object_info entry.
@@ -25,7 +35,7 @@ MODEL_FILE_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors",
 
 
 def workflow_names() -> list[str]:
-    """Names of the shipped workflows (``workflows/NAME.json``), sorted."""
+    """Names of the shipped workflows (``example_workflows/NAME.json``), sorted."""
     return sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 
 

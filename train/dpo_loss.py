@@ -16,15 +16,15 @@ from the other stream, i.e. exactly through the cross-modal attention.
 
 ``dpo_loss`` is the loss alone (a plain function of error tensors, TRL style); ``av_dpo_loss`` runs the model on a
 batch of pairs: the reference is the same network with its LoRA switched off (``model.lora.disabled_adapters``), so no
-second copy of the weights exists. Harmony's cross-task rows (a stream given clean at sigma 0) can join, as in
-``flow_loss``; they are the inputs of SyncCFG's driven passes.
+second copy of the weights exists. Noise levels, noise and Harmony's cross-task rows (a stream given clean at sigma 0,
+the inputs of SyncCFG's driven passes) come from ``noise_mix``, as for the flow-matching loss.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime.lora import disabled_adapters
-from ..model.batch import AVBatch, PreferenceBatch
-from .flow_loss import FlowLossConfig, flow_matching_error, sample_task_sigmas, task_rows
+from ..model.batch import AVBatch
+from .flow_loss import flow_matching_error
+from .noise_mix import NoiseDraw, NoiseMix, draw_noise, noised, task_rows
+from .value_rules import positive_or_none
 
 # Default betas per error convention. Diffusion-DPO used beta = 5000 (2000-5000) on the epsilon MSE, a mean over
 # elements. For one x0 error d at noise level s: eps-MSE = ((1-s)/s)^2 d^2, velocity-MSE = d^2/s^2, x0-MSE = d^2
@@ -53,32 +55,31 @@ class DPOConfig:
     weight_video: float = 1.0           # weights of the per-modality DPO terms in the sum
     weight_audio: float = 1.0
     sft_weight: float = 0.0             # + sft_weight * flow-matching error of the policy on the winners
-    driven_fraction: float = 0.0        # share of rows given to Harmony's driven tasks (0: joint rows only)
-    lambda_video: float = 0.1           # weight of audio-driven video rows (audio clean at sigma 0, video scored)
-    lambda_audio: float = 0.3           # weight of video-driven audio rows
-    shared_sigma_fraction: float = 0.5  # share of joint rows with one noise level for both streams
-    logit_mean: float = 0.0             # noise levels as in flow_loss: shift(sigmoid(N(logit_mean, logit_std)))
-    logit_std: float = 1.0
-    shift: float = 1.0
+    noise: NoiseMix = field(default_factory=NoiseMix)   # noise levels and task mix (default: joint rows only)
 
     def __post_init__(self):
         for name in ("beta_video", "beta_audio"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"DPOConfig.{name} must be > 0 (or None for the default), got {value}")
-        for name in ("driven_fraction", "shared_sigma_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"DPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.logit_std <= 0 or self.shift <= 0:
-            raise ValueError("DPOConfig: logit_std and shift must be > 0")
+            positive_or_none(f"DPOConfig.{name}", getattr(self, name), "the model's default")
+        if isinstance(self.noise, dict):
+            object.__setattr__(self, "noise", NoiseMix(**self.noise))
 
     def betas(self, model_config) -> dict[str, float]:
         default = DEFAULT_BETA[model_config.prediction]
         return {"video": default if self.beta_video is None else float(self.beta_video),
                 "audio": default if self.beta_audio is None else float(self.beta_audio)}
 
-    def sigma_config(self) -> FlowLossConfig:
-        return FlowLossConfig(logit_mean=self.logit_mean, logit_std=self.logit_std, shift=self.shift)
+    def to_dict(self) -> dict:
+        """JSON form, flat: the noise mix's fields beside the betas, as run files have always held them."""
+        flat = {k: v for k, v in asdict(self).items() if k != "noise"}
+        return {**flat, **asdict(self.noise)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DPOConfig":
+        """From ``to_dict``'s flat form (run files) or with a nested ``noise`` dict."""
+        mix_fields = {f.name for f in fields(NoiseMix)}
+        mix = {k: v for k, v in values.items() if k in mix_fields}
+        own = {k: v for k, v in values.items() if k not in mix_fields}
+        return cls(**own, **({"noise": NoiseMix(**mix)} if mix else {}))
 
 
 # ------------------------------------------------------------------------------------------------ the loss
@@ -122,15 +123,6 @@ def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, 
 
 # ------------------------------------------------------------------------------------------------ the model side
 
-class PairNoise(NamedTuple):
-    """What one step draws, shared by a row's winner and loser."""
-
-    sigma_video: torch.Tensor   # [B]
-    sigma_audio: torch.Tensor   # [B]
-    noise_video: torch.Tensor   # [B, Cv, F, H, W]
-    noise_audio: torch.Tensor   # [B, La, Ca]
-
-
 class PairErrors(NamedTuple):
     """Per-row flow-matching errors [B] of one network on the winners and the losers."""
 
@@ -140,24 +132,11 @@ class PairErrors(NamedTuple):
     audio_loser: torch.Tensor
 
 
-def draw_pair_noise(winner: AVBatch, cfg: DPOConfig, generator: torch.Generator) -> PairNoise:
-    """One noise level per modality per row and one noise per row; rows laid out [joint | audio-driven video |
-    video-driven audio] (``flow_loss.task_rows``), the driving stream of a driven row at sigma 0."""
-    b = winner.video.shape[0]
-    sigma_video, sigma_audio = sample_task_sigmas(b, cfg.sigma_config(), cfg.shared_sigma_fraction,
-                                                  cfg.driven_fraction, generator)
-    noise_video = torch.randn(winner.video.shape, generator=generator)
-    noise_audio = torch.randn(winner.audio.shape, generator=generator)
-    device = winner.video.device
-    return PairNoise(sigma_video.to(device), sigma_audio.to(device), noise_video.to(device, winner.video.dtype),
-                     noise_audio.to(device, winner.audio.dtype))
-
-
 def _check_pair(winner: AVBatch, loser: AVBatch) -> None:
-    for field in ("video", "audio"):
-        w, l = getattr(winner, field), getattr(loser, field)
+    for stream in ("video", "audio"):
+        w, l = getattr(winner, stream), getattr(loser, stream)
         if w.shape != l.shape:
-            raise ValueError(f"av_dpo_loss: winner and loser {field} latents must have the same shape (they share "
+            raise ValueError(f"av_dpo_loss: winner and loser {stream} latents must have the same shape (they share "
                              f"the noise), got {list(w.shape)} and {list(l.shape)}")
     for field in ("text_video_lengths", "text_audio_lengths"):
         if (getattr(winner, field) is None) != (getattr(loser, field) is None):
@@ -175,22 +154,24 @@ def _cat_text(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([pad(a), pad(b)])
 
 
-def paired_errors(model: nn.Module, winner: AVBatch, loser: AVBatch, noise: PairNoise) -> PairErrors:
+def _noised_pair(winner_x0: torch.Tensor, loser_x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model input and target [2B, ...] of the winners then the losers, noised with the same noise at the same level
+    (``noise_mix.noised``)."""
+    (x_winner, target_winner), (x_loser, target_loser) = noised(winner_x0, noise, sigma), noised(loser_x0, noise, sigma)
+    return torch.cat([x_winner, x_loser]), torch.cat([target_winner, target_loser])
+
+
+def paired_errors(model: nn.Module, winner: AVBatch, loser: AVBatch, noise: NoiseDraw) -> PairErrors:
     """Errors of ``model`` on winners and losers, in ONE forward of 2B rows [winners | losers]."""
-    sv, sa = noise.sigma_video, noise.sigma_audio
-    sv5, sa3 = sv.view(-1, 1, 1, 1, 1), sa.view(-1, 1, 1)
-    video = torch.cat([(1 - sv5) * winner.video + sv5 * noise.noise_video,
-                       (1 - sv5) * loser.video + sv5 * noise.noise_video])
-    audio = torch.cat([(1 - sa3) * winner.audio + sa3 * noise.noise_audio,
-                       (1 - sa3) * loser.audio + sa3 * noise.noise_audio])
-    sigma_video, sigma_audio = torch.cat([sv, sv]), torch.cat([sa, sa])
+    video, target_video = _noised_pair(winner.video, loser.video, noise.noise_video, noise.sigma_video)
+    audio, target_audio = _noised_pair(winner.audio, loser.audio, noise.noise_audio, noise.sigma_audio)
+    sigma_video, sigma_audio = noise.sigma_video.repeat(2), noise.sigma_audio.repeat(2)
     pred_video, pred_audio = model(video, audio, sigma_video, sigma_audio,
                                    _cat_text(winner.text_video, loser.text_video),
                                    _cat_text(winner.text_audio, loser.text_audio),
                                    text_video_lengths=_cat(winner.text_video_lengths, loser.text_video_lengths),
                                    text_audio_lengths=_cat(winner.text_audio_lengths, loser.text_audio_lengths))
-    target_video = torch.cat([noise.noise_video - winner.video, noise.noise_video - loser.video])
-    target_audio = torch.cat([noise.noise_audio - winner.audio, noise.noise_audio - loser.audio])
     err_video = flow_matching_error(pred_video, target_video, sigma_video, model.config)
     err_audio = flow_matching_error(pred_audio, target_audio, sigma_audio, model.config)
     b = winner.video.shape[0]
@@ -208,7 +189,7 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
     loss = sum over modalities m of  weight_m * mean_joint(L_m) + lambda_m * mean_driven_m(L_m)
                                      + sft_weight * weight_m * mean_scored_m(policy error on the winner),
     L_m = ``dpo_loss`` with beta_m; driven_m: the rows where m is denoised while the other stream is given clean
-    (``cfg.driven_fraction`` of the batch; none by default).
+    (``cfg.noise.driven_fraction`` of the batch; none by default).
     ``reference_context(model)`` turns the model into the reference (default: its LoRA off); the reference runs
     first, under no_grad, in one forward of 2B rows, then the policy in another.
     rules: [B] the rule that made each loser; adds ``rule/<name>/<modality>_accuracy`` and ``..._reward_margin``
@@ -218,7 +199,7 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
     b = winner.video.shape[0]
     if rules is not None and len(rules) != b:
         raise ValueError(f"av_dpo_loss: rules must name one rule per row ({b}), got {len(rules)}")
-    noise = draw_pair_noise(winner, cfg, generator)
+    noise = draw_noise(winner, cfg.noise, generator)
     # Reference first: toggling adapters then cannot interfere with the policy's autograd graph.
     with torch.no_grad(), reference_context(model):
         ref = paired_errors(model, winner, loser, noise)
@@ -226,7 +207,7 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
 
     # Rows: [joint | audio-driven video | video-driven audio]. A modality is scored on the joint rows and on the
     # driven rows where it is the noisy stream; the driving stream (clean, sigma 0) has nothing to denoise.
-    n_joint, n_video_task, _ = task_rows(b, cfg.driven_fraction)
+    n_joint, n_video_task, _ = task_rows(b, cfg.noise.driven_fraction)
     device = policy.video_winner.device
     row = torch.arange(b, device=device)
     joint = row < n_joint
@@ -234,7 +215,7 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
     scored = {m: joint | driven[m] for m in MODALITIES}
     betas = cfg.betas(model.config)
     weights = {"video": cfg.weight_video, "audio": cfg.weight_audio}
-    lambdas = {"video": cfg.lambda_video, "audio": cfg.lambda_audio}
+    lambdas = {"video": cfg.noise.lambda_video, "audio": cfg.noise.lambda_audio}
     driven_name = {"video": "audio_driven_video", "audio": "video_driven_audio"}
     zero = policy.video_winner.new_zeros(())
     mean = lambda x, rows: x[rows].mean() if rows.any() else zero  # noqa: E731
@@ -270,12 +251,3 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
                     logs[f"rule/{rule}/{m}_accuracy"] = implicit_accuracy(margins[m][rows])
                     logs[f"rule/{rule}/{m}_reward_margin"] = float(-0.5 * betas[m] * margins[m][rows].mean())
     return loss, logs
-
-
-def dpo_loss_fn(cfg: DPOConfig, reference_context: ReferenceContext = disabled_adapters):
-    """``loss_fn(model, batch: PreferenceBatch, generator)`` for ``train.loop.train``."""
-
-    def loss_fn(model: nn.Module, batch: PreferenceBatch, generator: torch.Generator):
-        return av_dpo_loss(model, batch.winner, batch.loser, generator, cfg, reference_context, batch.rules)
-
-    return loss_fn

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,11 +42,14 @@ from ..runtime.lora import LoraSpec, add_lora, lora_layers, save_lora
 from ..files.safetensors_io import read_header
 from ..negatives.curriculum import DEFAULT_CURRICULUM, MODES, Curriculum
 from ..model.batch import AVBatch, PreferenceBatch
-from .dpo_loss import DPOConfig, av_dpo_loss
-from .flow_loss import FlowLossConfig, av_flow_loss
-from .loop import CHECKPOINT_NAME, TrainConfig, TrainState, train
+from . import objectives
+from .dpo_loss import DPOConfig
+from .flow_loss import FlowLossConfig
+from .loop import CHECKPOINT_NAME, LossFn, TrainConfig, TrainState, train
 from .plot import render_curves, write_png
-from ..negatives.rules import TimeAxes, build_negatives
+from .value_rules import fraction, one_of, whole
+from ..negatives.build import build_negatives
+from ..negatives.time_axes import TimeAxes
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +89,17 @@ class DPOTrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "save_every", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DPOTrainingConfig.{name}: expected a whole number >= 1, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"DPOTrainingConfig.lr: expected a positive learning rate, got {self.lr!r}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"DPOTrainingConfig.objective: expected one of {', '.join(OBJECTIVES)}, "
-                             f"got {self.objective!r}")
-        if self.curriculum_mode is not None and self.curriculum_mode not in MODES:
-            raise ValueError(f"DPOTrainingConfig.curriculum_mode: expected None or one of {', '.join(MODES)}, "
-                             f"got {self.curriculum_mode!r}")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"DPOTrainingConfig.caption_dropout: expected a share in [0, 1), "
-                             f"got {self.caption_dropout!r}")
+        # The values this config owns are checked here; the loop's (steps, lr, save_every, log_every, warmup_steps,
+        # seed, precision) by the TrainConfig they make.
+        whole("DPOTrainingConfig.batch_size", self.batch_size, 1)
+        one_of("DPOTrainingConfig.objective", self.objective, OBJECTIVES)
+        one_of("DPOTrainingConfig.curriculum_mode", self.curriculum_mode, MODES, none_allowed=True)
+        fraction("DPOTrainingConfig.caption_dropout", self.caption_dropout, below_one=True)
+        self.train_config()
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSpec(**self.lora))
         if isinstance(self.dpo, dict):
-            object.__setattr__(self, "dpo", DPOConfig(**self.dpo))
+            object.__setattr__(self, "dpo", DPOConfig.from_dict(self.dpo))
         # One Curriculum from whatever form came (a node widget gives JSON text), overrides applied, so the rest of
         # the trainer and the saved metadata see the curriculum that actually runs.
         curriculum = self.curriculum
@@ -120,7 +114,6 @@ class DPOTrainingConfig:
             object.__setattr__(self, "families", families)
             curriculum = curriculum.only_families(families)
         object.__setattr__(self, "curriculum", curriculum)
-        TrainConfig(steps=self.steps, precision=self.precision)      # same messages as the loop for its fields
 
     def train_config(self) -> TrainConfig:
         """The loop's config. No EMA: a LoRA is used as trained (and an EMA of adapters buys little)."""
@@ -129,17 +122,17 @@ class DPOTrainingConfig:
                            precision=self.precision, gradient_checkpointing=self.gradient_checkpointing,
                            save_every=self.save_every, log_every=self.log_every, seed=self.seed)
 
-    def flow_config(self) -> FlowLossConfig:
-        """The SFT baseline's loss: the DPO run's noise levels, task mix and modality weights."""
-        d = self.dpo
-        return FlowLossConfig(weight_video=d.weight_video, weight_audio=d.weight_audio, lambda_video=d.lambda_video,
-                              lambda_audio=d.lambda_audio, driven_fraction=d.driven_fraction,
-                              shared_sigma_fraction=d.shared_sigma_fraction, logit_mean=d.logit_mean,
-                              logit_std=d.logit_std, shift=d.shift)
+    def loss_config(self) -> DPOConfig | FlowLossConfig:
+        """The loss of ``objective``: dpo: ``self.dpo``; sft: the baseline's flow-matching loss on the winners, with
+        the DPO run's noise mix (the same object) and modality weights."""
+        if self.objective == "dpo":
+            return self.dpo
+        return FlowLossConfig(weight_video=self.dpo.weight_video, weight_audio=self.dpo.weight_audio,
+                              noise=self.dpo.noise)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out.update(lora=asdict(self.lora), dpo=asdict(self.dpo), curriculum=self.curriculum.to_dict(),
+        out.update(lora=asdict(self.lora), dpo=self.dpo.to_dict(), curriculum=self.curriculum.to_dict(),
                    families=None if self.families is None else list(self.families))
         return out
 
@@ -214,30 +207,14 @@ def _winners_on(winners: WinnerFn, device: torch.device | None) -> WinnerFn:
 
 # ------------------------------------------------------------------------------------------------ loss
 
-def make_loss_fn(config: DPOTrainingConfig) -> Callable:
-    """``loss_fn(model, batch, generator) -> (loss, logs)`` for the loop, per ``config.objective``.
+def make_loss_fn(config: DPOTrainingConfig) -> LossFn:
+    """The loop's loss for ``config.objective`` (``objectives.make_loss_fn`` of ``config.loss_config()``).
 
-    dpo: batch is a ``PreferenceBatch``; logs add ``rule/<rule>/share`` (the share of this step's rows the rule
-    made, 0 for the curriculum's other rules, so history averages are true shares) to av_dpo_loss's per-rule
-    accuracy / reward margin. sft: batch is the winners' ``AVBatch``.
+    dpo: batch is a ``PreferenceBatch``; logs add ``rule/<rule>/share`` for every rule of the curriculum.
+    sft: batch is the winners' ``AVBatch``.
     """
-    if config.objective == "sft":
-        flow_config = config.flow_config()
-
-        def sft_loss(model: nn.Module, batch: AVBatch, generator: torch.Generator):
-            return av_flow_loss(model, batch, generator, flow_config)
-        return sft_loss
-
-    curriculum_rules = sorted({choice.rule for stage in config.curriculum.effective_stages for choice in stage.rules})
-
-    def dpo_loss(model: nn.Module, batch: PreferenceBatch, generator: torch.Generator):
-        loss, logs = av_dpo_loss(model, batch.winner, batch.loser, generator, config.dpo, rules=batch.rules)
-        if batch.rules is not None:
-            rows = len(batch.rules)
-            for rule in dict.fromkeys(curriculum_rules + sorted(set(batch.rules))):
-                logs[f"rule/{rule}/share"] = sum(r == rule for r in batch.rules) / rows
-        return loss, logs
-    return dpo_loss
+    rule_names = {choice.rule for stage in config.curriculum.effective_stages for choice in stage.rules}
+    return objectives.make_loss_fn(config.loss_config(), rule_names=rule_names)
 
 
 # ------------------------------------------------------------------------------------------------ curves
@@ -253,15 +230,18 @@ def render_training_curves(history: list[dict], objective: str = "dpo", width_px
                 for name in names}
 
     if objective == "sft":
-        return render_curves(series(("loss", "video", "audio")), width_px=width_px, height_px=300)
-    loss_panel = render_curves(series(("loss", "video_dpo", "audio_dpo")), width_px=width_px, height_px=300)
+        return render_curves(series(("loss", "video", "audio")), width_px=width_px, height_px=300,
+                             title="SFT loss (winner errors)")
+    loss_panel = render_curves(series(("loss", "video_dpo", "audio_dpo")), width_px=width_px, height_px=300,
+                               title="DPO loss")
     accuracy = series(("video_accuracy", "audio_accuracy"))
     steps = [h["step"] for h in history]
     if steps:
         accuracy["chance"] = [(min(steps), 0.5), (max(steps), 0.5)]
         # One-point series draw nothing but span the axis: accuracies on a fixed 0..1 scale, comparable across runs.
         accuracy["axis_low"], accuracy["axis_high"] = [(min(steps), 0.0)], [(min(steps), 1.0)]
-    accuracy_panel = render_curves(accuracy, width_px=width_px, height_px=200, log_y=False)
+    accuracy_panel = render_curves(accuracy, width_px=width_px, height_px=200, log_y=False,
+                                   title="implicit preference accuracy", y_label="accuracy")
     divider = np.full((4, width_px, 3), 160, dtype=np.uint8)
     return np.concatenate([loss_panel, divider, accuracy_panel])
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +22,14 @@ from ..model.joint import JointModel
 from ..generation.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_TEXT_FILE, embedded_config
 from ..text.interface import EncodedText
 from ..text.embedded import TinyTextEncoder
-from ..bouncebench.clips import STANDARD, make_batch, split_seeds
+from ..bouncebench.clips import make_batch
+from ..bouncebench.config import STANDARD, split_seeds
 from ..model.batch import AVBatch
-from .flow_loss import FlowLossConfig, av_flow_loss
+from .flow_loss import FlowLossConfig
 from .loop import CHECKPOINT_NAME, StepCallback, TrainConfig, TrainResult, train
+from .objectives import make_loss_fn
 from .plot import render_curves, write_png
+from .value_rules import fraction, whole
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ class EmbeddedRecipe:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=1e-3, warmup_steps=200,
                                                                    ema_decay=0.998, save_every=250, log_every=25))
     loss: FlowLossConfig = FlowLossConfig()
+
+    def __post_init__(self):
+        whole("EmbeddedRecipe.batch_size", self.batch_size, 1)
+        whole("EmbeddedRecipe.data_start_step", self.data_start_step, 0)
+        fraction("EmbeddedRecipe.caption_dropout", self.caption_dropout)
 
     def with_steps(self, steps: int) -> "EmbeddedRecipe":
         import dataclasses
@@ -102,23 +108,19 @@ def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = 
     text_encoder = TinyTextEncoder.from_file(EMBEDDED_TEXT_FILE) if EMBEDDED_TEXT_FILE.is_file() else TinyTextEncoder()
     batches = BounceBatches(recipe.batch_size, recipe.caption_dropout, text_encoder, video_codec, audio_codec,
                             data_start_step=recipe.data_start_step)
-    loss = lambda m, batch, g: av_flow_loss(m, batch, g, recipe.loss)  # noqa: E731
-    result = train(model, batches, loss, recipe.train, out_dir, resume=resume, progress=progress, callback=callback)
+    result = train(model, batches, make_loss_fn(recipe.loss), recipe.train, out_dir, resume=resume, progress=progress,
+                   callback=callback)
     if export:
         export_embedded(model, result, text_encoder, recipe, out_dir)
     return result
 
 
-# How train_embedded_default's arguments are named in messages; the command line passes its flags instead.
+# How train_embedded_default's arguments are named in check_embedded_training_args's messages; the command line
+# passes its flags instead (and names the recipe's own value errors with them, ``value_rules.named_as``).
 ARGUMENT_NAMES = {"out_dir": "out_dir", "init_weights": "init_weights", "batch_size": "recipe.batch_size",
-                  "steps": "recipe.train.steps", "lr": "recipe.train.lr", "data_start_step": "recipe.data_start_step",
-                  "caption_dropout": "recipe.caption_dropout", "shift": "recipe.loss.shift"}
+                  "steps": "recipe.train.steps", "data_start_step": "recipe.data_start_step"}
 # The files train_embedded_default writes in its folder.
 WRITTEN_FILES = (EMBEDDED_MODEL_FILE.name, EMBEDDED_TEXT_FILE.name, "loss.png", "history.json", CHECKPOINT_NAME)
-
-
-def _is_count(value, low: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
 def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=None,
@@ -127,28 +129,19 @@ def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=N
     the ``init_weights`` model (loaded on the CPU and checked to be the embedded default's network) or None.
 
     names: how each argument is called in messages (``ARGUMENT_NAMES`` keys; the CLI passes its flags).
-    Checks: batch size >= 1, data start step >= 0, peak learning rate finite > 0, caption dropout in [0, 1], noise
-    shift finite > 0; that the steps' clips fit in the BounceBench train split (step k reads seeds
-    (data_start_step + k) * B ..); that one batch of clips fits in memory (``model.generate.clip_host_bytes``); the
-    output folder (``model.atomic_files.check_output_path``: writable, no folder where a file goes, no written file
-    that is the init file or a shipped one); and the init weights.
+    The recipe's own values (batch size, learning rate, noise shift, ...) were checked when it was made; here, what
+    depends on more than one value or on the machine: that the steps' clips fit in the BounceBench train split (step
+    k reads seeds (data_start_step + k) * B ..); that one batch of clips fits in memory
+    (``generation.generate.clip_host_bytes``); the output folder (``files.atomic.check_output_path``: writable, no
+    folder where a file goes, no written file that is the init file or a shipped one); and the init weights.
     """
     from ..files.atomic import check_output_path
     from ..generation.generate import check_fits_memory, clip_host_bytes
     from ..files.safetensors_io import CheckpointError
-    from ..bouncebench.clips import SPLITS
+    from ..bouncebench.config import SPLITS
 
     name = {**ARGUMENT_NAMES, **(names or {})}
     batch, start, steps = recipe.batch_size, recipe.data_start_step, recipe.train.steps
-    if not _is_count(batch, 1):
-        raise ValueError(f"{name['batch_size']}: expected a positive number of clips per step, got {batch!r}")
-    if not _is_count(start, 0):
-        raise ValueError(f"{name['data_start_step']}: expected a step number >= 0, got {start!r}")
-    for key, value, low in (("lr", recipe.train.lr, 0.0), ("shift", recipe.loss.shift, 0.0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < math.inf:
-            raise ValueError(f"{name[key]}: expected a finite number > 0, got {value!r}")
-    if not isinstance(recipe.caption_dropout, numbers.Real) or not 0.0 <= recipe.caption_dropout <= 1.0:
-        raise ValueError(f"{name['caption_dropout']}: expected a fraction in [0, 1], got {recipe.caption_dropout!r}")
     low, high = SPLITS["train"]
     if (start + steps) * batch > high - low:
         raise ValueError(f"{name['steps']} / {name['batch_size']} / {name['data_start_step']}: ({start} + {steps} "

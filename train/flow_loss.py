@@ -1,16 +1,8 @@
 """Flow-matching loss of the joint model, with Harmony's cross-task synergy.
 
-Flow matching (DESIGN.md): ``x_sigma = (1 - sigma) x0 + sigma noise``, target velocity ``noise - x0``.
-Noise levels are drawn per modality from a logit-normal with a shift; a share of the samples gets one level for
-both streams (what joint sampling sees), the rest independent ones.
-
-Cross-task synergy (Harmony, 2025): besides the joint task, the batch trains
-  * audio-driven video: the audio is given clean (sigma 0) and only the video is scored (weight ``lambda_video``),
-  * video-driven audio: the video is given clean and only the audio is scored (weight ``lambda_audio``).
-These are exactly the inputs of SyncCFG's driven passes, so training them keeps those passes in distribution.
-To keep one forward per step, the tasks partition the batch rows instead of tripling it:
-``loss = L_joint + lambda_video * L_audio_driven_video + lambda_audio * L_video_driven_audio``, each term the mean
-over its own rows.
+The noise levels, the noising and the task of each row come from ``noise_mix`` (one ``NoiseMix``); this module scores
+them: ``loss = w_video L_joint_video + w_audio L_joint_audio + lambda_video L_audio_driven_video
++ lambda_audio L_video_driven_audio``, each term the mean over its own rows.
 """
 
 from __future__ import annotations
@@ -21,54 +13,14 @@ import torch
 
 from ..model.batch import AVBatch
 from ..model.joint import JointModel
+from .noise_mix import HARMONY_MIX, NoiseMix, draw_noise, noised, task_rows
 
 
 @dataclass(frozen=True)
 class FlowLossConfig:
-    weight_video: float = 1.0
+    weight_video: float = 1.0           # weights of the joint rows' per-modality terms
     weight_audio: float = 1.0
-    lambda_video: float = 0.1           # audio-driven video task (Harmony's default)
-    lambda_audio: float = 0.3           # video-driven audio task
-    driven_fraction: float = 0.4        # share of the batch rows given to the two driven tasks (half each)
-    shared_sigma_fraction: float = 0.5  # share of joint rows with one noise level for both streams
-    logit_mean: float = 0.0             # sigma = shift(sigmoid(N(logit_mean, logit_std)))
-    logit_std: float = 1.0
-    shift: float = 1.0
-
-    def __post_init__(self):
-        for name in ("driven_fraction", "shared_sigma_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"FlowLossConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.logit_std <= 0 or self.shift <= 0:
-            raise ValueError("FlowLossConfig: logit_std and shift must be > 0")
-
-
-def sample_sigmas(batch: int, cfg: FlowLossConfig, generator: torch.Generator) -> torch.Tensor:
-    """[B] noise levels: logit-normal, then ``shift * s / (1 + (shift - 1) * s)`` (shift > 1: noisier)."""
-    s = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(batch, generator=generator))
-    return cfg.shift * s / (1 + (cfg.shift - 1) * s)
-
-
-def sample_task_sigmas(batch: int, cfg: FlowLossConfig, shared_sigma_fraction: float, driven_fraction: float,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma_video [B], sigma_audio [B]) for rows [joint | audio-driven video | video-driven audio]
-    (``task_rows``): a share of the rows gets one level for both streams, and the driving stream of a driven
-    row is clean (sigma 0)."""
-    n_joint, n_video_task, _ = task_rows(batch, driven_fraction)
-    sigma_video = sample_sigmas(batch, cfg, generator)
-    sigma_audio = sample_sigmas(batch, cfg, generator)
-    shared = torch.rand(batch, generator=generator) < shared_sigma_fraction
-    sigma_audio = torch.where(shared, sigma_video, sigma_audio)
-    sigma_audio[n_joint:n_joint + n_video_task] = 0.0
-    sigma_video[n_joint + n_video_task:] = 0.0
-    return sigma_video, sigma_audio
-
-
-def task_rows(batch: int, driven_fraction: float) -> tuple[int, int, int]:
-    """Rows per task (joint, audio-driven video, video-driven audio); the driven tasks get half the share each."""
-    driven = round(batch * driven_fraction)
-    video_driven = driven // 2
-    return batch - driven, driven - video_driven, video_driven
+    noise: NoiseMix = HARMONY_MIX       # noise levels and task mix (default: Harmony's, 40% driven rows)
 
 
 def flow_matching_error(velocity_pred: torch.Tensor, velocity_target: torch.Tensor, sigma_b: torch.Tensor,
@@ -90,22 +42,17 @@ def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, 
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward of the joint model on a batch, partitioned into the three tasks. Returns (loss, logs)."""
     b = batch.video.shape[0]
-    device = batch.video.device
-    n_joint, n_video_task, n_audio_task = task_rows(b, cfg.driven_fraction)
-
-    sigma_video, sigma_audio = sample_task_sigmas(b, cfg, cfg.shared_sigma_fraction, cfg.driven_fraction, generator)
-
-    noise_video = torch.randn(batch.video.shape, generator=generator).to(device, batch.video.dtype)
-    noise_audio = torch.randn(batch.audio.shape, generator=generator).to(device, batch.audio.dtype)
-    sv, sa = sigma_video.to(device), sigma_audio.to(device)
-    x_video = (1 - sv.view(-1, 1, 1, 1, 1)) * batch.video + sv.view(-1, 1, 1, 1, 1) * noise_video
-    x_audio = (1 - sa.view(-1, 1, 1)) * batch.audio + sa.view(-1, 1, 1) * noise_audio
+    n_joint, n_video_task, _ = task_rows(b, cfg.noise.driven_fraction)
+    draw = draw_noise(batch, cfg.noise, generator)
+    sv, sa = draw.sigma_video, draw.sigma_audio
+    x_video, target_video = noised(batch.video, draw.noise_video, sv)
+    x_audio, target_audio = noised(batch.audio, draw.noise_audio, sa)
 
     pred_video, pred_audio = model(x_video, x_audio, sv, sa, batch.text_video, batch.text_audio,
                                    text_video_lengths=batch.text_video_lengths,
                                    text_audio_lengths=batch.text_audio_lengths)
-    err_video = flow_matching_error(pred_video, noise_video - batch.video, sv, model.config)
-    err_audio = flow_matching_error(pred_audio, noise_audio - batch.audio, sa, model.config)
+    err_video = flow_matching_error(pred_video, target_video, sv, model.config)
+    err_audio = flow_matching_error(pred_audio, target_audio, sa, model.config)
 
     joint = slice(0, n_joint)
     video_task = slice(n_joint, n_joint + n_video_task)
@@ -115,7 +62,7 @@ def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, 
     joint_video, joint_audio = mean(err_video, joint), mean(err_audio, joint)
     driven_video, driven_audio = mean(err_video, video_task), mean(err_audio, audio_task)
     loss = (cfg.weight_video * joint_video + cfg.weight_audio * joint_audio
-            + cfg.lambda_video * driven_video + cfg.lambda_audio * driven_audio)
+            + cfg.noise.lambda_video * driven_video + cfg.noise.lambda_audio * driven_audio)
     logs = {name: float(value.detach()) for name, value in (
         ("loss", loss), ("video", joint_video), ("audio", joint_audio), ("audio_driven_video", driven_video),
         ("video_driven_audio", driven_audio))}

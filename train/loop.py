@@ -32,11 +32,13 @@ from torch import nn
 
 from ..runtime.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
 from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+from .value_rules import one_of, positive, whole
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "comfyui-syncav train state v1"
 CHECKPOINT_NAME = "train_state.safetensors"
+PRECISIONS = ("fp32", "bf16")
 
 # make_batch(step, generator) -> batch;  loss_fn(model, batch, generator) -> (loss, logs)
 BatchFn = Callable[[int, torch.Generator], Any]
@@ -54,17 +56,17 @@ class TrainConfig:
     min_lr_fraction: float = 0.05        # cosine decays to this fraction of lr over the fixed step budget
     grad_clip: float = 1.0
     ema_decay: float | None = 0.998      # None: no EMA
-    precision: str = "fp32"              # "fp32" or "bf16" (autocast)
+    precision: str = "fp32"              # PRECISIONS: "fp32" or "bf16" (autocast)
     gradient_checkpointing: bool = False
     save_every: int = 500
     log_every: int = 10
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"TrainConfig.steps must be >= 1, got {self.steps}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name, low in (("steps", 1), ("save_every", 1), ("log_every", 1), ("warmup_steps", 0), ("seed", 0)):
+            whole(f"TrainConfig.{name}", getattr(self, name), low)
+        positive("TrainConfig.lr", self.lr)
+        one_of("TrainConfig.precision", self.precision, PRECISIONS)
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 

@@ -1,24 +1,25 @@
-"""Screenshot of a workflow in the ComfyUI editor, for the README (docs/img/comfyui_generate_default.png).
+r"""Screenshot of a workflow in the ComfyUI editor, for the README (docs/img/comfyui_generate_default.png,
+docs/img/eval_sync_report.png).
 
 Needs a running ComfyUI with this package in custom_nodes (the editor must know the SyncAV nodes, or it draws them
 as missing), and Chromium or Chrome. Headless Chromium is driven over the DevTools protocol with aiohttp (ComfyUI's
 own server dependency): the page opens the server's editor, the workflow is loaded with ``app.loadGraphData``,
-the view is fitted to the graph and the page is saved as PNG (or JPEG). The display settings the script changes
-(zoom, detail, minimap) live in that page only; the workflow is not saved on the server.
+the view is fitted to the graph and the page is saved as PNG (or JPEG). With ``--run`` the loaded workflow is
+queued as the Run button does and the picture is taken once it has finished, so what the nodes show (Preview Any's
+text, images) is in it; ``--focus`` fits the view to some nodes only (the eval picture: both samplers, their
+Sync Metric nodes and the Preview Any nodes showing the reports). The display settings the script changes (zoom, detail, minimap) live in that page only; the
+workflow is not saved on the server.
 
 From the repository root, with ComfyUI running on port 8188:
 
     python docs/img/make_screenshot.py --server http://127.0.0.1:8188
-    python docs/img/make_screenshot.py --workflow workflows/eval_sync.json --out docs/img/eval_sync.png
+    python docs/img/make_screenshot.py --server http://127.0.0.1:8188 --run --focus 6,7,10,11,13,14 \
+        --width 1600 --height 1000 --out docs/img/eval_sync_report.png \
+        --workflow "example_workflows/SyncAV - sync eval, SyncCFG vs plain CFG (CPU).json"
 
-An ``--out`` ending in .jpg is saved as JPEG. The template browser shows ``workflows/NAME.jpg`` on the card of
-workflows/NAME.json (it asks for NAME.jpg beside it and fits it into a square of 256 px); ``--graph-only`` leaves
-the editor's menus, tabs and zoom controls out of the picture. All five cards:
-
-    for w in workflows/*.json; do
-        python docs/img/make_screenshot.py --workflow "$w" --graph-only --width 800 --height 800 \
-            --out "${w%.json}.jpg"
-    done
+An ``--out`` ending in .jpg is saved as JPEG; ``--graph-only`` leaves the editor's menus, tabs and zoom controls
+out of the picture. The template browser's card pictures (example_workflows/NAME.jpg) show what a workflow makes,
+not its graph: docs/img/make_thumbnails.py draws them.
 
 Check the result by eye: every node and its widgets readable, no dialog over the graph.
 """
@@ -43,6 +44,7 @@ import aiohttp
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 SETTLE_SECONDS = 1.5          # after loading and fitting: fonts, widgets and the canvas redraw
+RUN_TIMEOUT_SECONDS = 600     # --run: how long the queued workflow may take
 NODE_TITLE_HEIGHT = 30        # the editor draws a node's title bar above its pos
 # Canvas px kept free around the graph (left, top, right, bottom): the workflow tabs sit over the canvas's top,
 # the zoom controls over its bottom right.
@@ -87,11 +89,16 @@ class DevTools:
             await asyncio.sleep(0.25)
 
 
-def graph_bounds(workflow: dict) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom) of the workflow's nodes (title bar included) and groups, in graph units."""
+def graph_bounds(workflow: dict, node_ids=None) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in graph units of the workflow's nodes (title bar included) and groups, or of the
+    nodes ``node_ids`` alone."""
+    nodes = [n for n in workflow["nodes"] if node_ids is None or n["id"] in node_ids]
+    if not nodes:
+        raise SystemExit(f"--focus: no node with id {sorted(node_ids)} in the workflow")
     boxes = [(n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-             for n in workflow["nodes"]]
-    boxes += [(x, y, x + w, y + h) for x, y, w, h in (g["bounding"] for g in workflow.get("groups") or [])]
+             for n in nodes]
+    if node_ids is None:
+        boxes += [(x, y, x + w, y + h) for x, y, w, h in (g["bounding"] for g in workflow.get("groups") or [])]
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
@@ -118,8 +125,10 @@ def find_browser(name: str | None) -> str:
 
 def start_browser(binary: str, profile: str, width: int, height: int) -> tuple[subprocess.Popen, int]:
     """Headless browser with a debugging port chosen by itself; returns (process, port)."""
+    # Nothing but the page: no update checks, sync or other background traffic.
     command = [binary, "--headless=new", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-               "--no-default-browser-check", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+               "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
                f"--window-size={width},{height}", "about:blank"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.insert(1, "--no-sandbox")          # Chromium refuses to run as root with its sandbox
@@ -132,6 +141,26 @@ def start_browser(binary: str, profile: str, width: int, height: int) -> tuple[s
             raise SystemExit(f"{binary} did not start its DevTools endpoint")
         time.sleep(0.1)
     return process, int(port_file.read_text().split()[0])
+
+
+async def run_workflow(page: DevTools) -> None:
+    """Queue the open workflow as the Run button does and wait for the server to finish it; the page keeps what its
+    nodes were sent (Preview Any's text, previews). A failed or interrupted run is an error naming what happened."""
+    await page.evaluate("""(() => {
+        window.syncavRun = null;
+        const done = (outcome) => (event) => {
+            window.syncavRun = outcome + (event.detail ? ': ' + JSON.stringify(event.detail).slice(0, 600) : '');
+        };
+        app.api.addEventListener('execution_success', done('success'));
+        app.api.addEventListener('execution_error', done('error'));
+        app.api.addEventListener('execution_interrupted', done('interrupted'));
+        return true;
+    })()""")
+    await page.evaluate("app.extensionManager.command.execute('Comfy.QueuePrompt').then(() => true)")
+    await page.wait_for("window.syncavRun !== null", RUN_TIMEOUT_SECONDS, "the workflow's run")
+    outcome = await page.evaluate("window.syncavRun")
+    if not outcome.startswith("success"):
+        raise RuntimeError(f"the workflow did not run through: {outcome}")
 
 
 async def screenshot(args, port: int) -> bytes:
@@ -173,10 +202,12 @@ async def screenshot(args, port: int) -> bytes:
                 })()""")
                 await page.wait_for(f"app.canvas.canvas.getBoundingClientRect().width === {args.width}", 10,
                                     "the canvas in focus mode")
+            if args.run:
+                await run_workflow(page)
             canvas = await page.evaluate("(() => { const r = app.canvas.canvas.getBoundingClientRect(); "
                                          "return [r.width, r.height]; })()")
             margins = GRAPH_ONLY_MARGINS_PX if args.graph_only else VIEW_MARGINS_PX
-            scale, offset = fitted_view(graph_bounds(workflow), canvas, margins)
+            scale, offset = fitted_view(graph_bounds(workflow, args.focus), canvas, margins)
             # For this page only (no setting is saved on the server): full detail at any zoom (below a zoom
             # threshold the editor draws nodes without text), no minimap over the graph, no render statistics.
             await page.evaluate(f"""(() => {{
@@ -201,11 +232,16 @@ async def screenshot(args, port: int) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="http://127.0.0.1:8188", help="a running ComfyUI with this package")
-    parser.add_argument("--workflow", type=Path, default=REPO_ROOT / "workflows" / "generate_default.json",
-                        help="UI-format workflow to show (default workflows/generate_default.json)")
+    parser.add_argument("--workflow", type=Path,
+                        default=REPO_ROOT / "example_workflows" / "SyncAV - generate a clip with sound (CPU).json",
+                        help="UI-format workflow to show (default: the generate workflow of example_workflows/)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "img" / "comfyui_generate_default.png")
     parser.add_argument("--width", type=int, default=1400, help="page width in px (default 1400)")
     parser.add_argument("--height", type=int, default=800, help="page height in px (default 800)")
+    parser.add_argument("--focus", type=lambda text: {int(i) for i in text.split(",")}, default=None,
+                        metavar="ID,ID,...", help="fit the view to these nodes (default: the whole graph)")
+    parser.add_argument("--run", action="store_true",
+                        help="queue the workflow and take the picture after it ran (what its nodes show)")
     parser.add_argument("--graph-only", action="store_true",
                         help="only the canvas: no menus, side bar, tabs or zoom controls (template-browser cards)")
     parser.add_argument("--browser", default=None, help="browser executable (default: the first of "

@@ -22,7 +22,7 @@ from bad_input.harness import BadInput, expect_cli_error, files_under, params
 from comfyui_syncav.ovi import convert as convert_module
 from comfyui_syncav.generation import generate as generate_module
 from comfyui_syncav.generation.pipeline import EMBEDDED_MODEL_FILE
-from comfyui_syncav.bouncebench import clips as bouncebench_module
+from comfyui_syncav.bouncebench import export as bouncebench_module
 from comfyui_syncav.train import embedded_training as training_module
 from comfyui_syncav.bouncebench import evaluation as evaluation_module  # noqa: F401  (imported before the timing)
 
@@ -275,7 +275,7 @@ CASES = [
               r"--init .*other\.safetensors: holds another network than the embedded default"),
      lambda t, env: TRAIN + ["--out", str(t / "run"), "--init", str(env["other"](t / "other.safetensors"))]),
     (BadInput("train-batch-size-zero", "cli train-default --batch-size",
-              r"--batch-size: expected a positive number of clips per step, got 0"),
+              r"--batch-size: expected a whole number >= 1, got 0"),
      lambda t, env: TRAIN + ["--batch-size", "0", "--out", str(t / "run")]),
     (BadInput("train-batch-size-too-large-for-memory", "cli train-default --batch-size",
               r"--batch-size: the frames and sound of a batch of 100000 BounceBench clips need at least [\d.e+]+ GiB, "
@@ -285,12 +285,12 @@ CASES = [
               r"--steps / --batch-size / --data-start-step: \(0 \+ 1000000000 steps\) x 2 clips .* more than the "
               r"BounceBench train split's 1000000000"),
      lambda t, env: TRAIN + ["--steps", "1000000000", "--out", str(t / "run")]),
-    (BadInput("train-steps-zero", "cli train-default --steps", r"steps must be >= 1, got 0"),
+    (BadInput("train-steps-zero", "cli train-default --steps", r"--steps: expected a whole number >= 1, got 0"),
      lambda t, env: TRAIN + ["--steps", "0", "--out", str(t / "run")]),
     (BadInput("train-lr-nan", "cli train-default --lr", r"--lr: expected a finite number > 0, got nan"),
      lambda t, env: TRAIN + ["--lr", "nan", "--out", str(t / "run")]),
     (BadInput("train-noise-shift-inf", "cli train-default --noise-shift",
-              r"--noise-shift: expected a positive shift \(finite\), got inf"),
+              r"--noise-shift: expected a finite number > 0, got inf"),
      lambda t, env: TRAIN + ["--noise-shift", "inf", "--out", str(t / "run")]),
     # ---- eval
     (BadInput("eval-json-folder-missing", "cli eval --json",

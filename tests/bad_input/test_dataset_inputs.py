@@ -21,8 +21,9 @@ import torch
 from bad_input.harness import BadInput, expect_error, params
 from comfyui_syncav.files.media_io import decode_clip
 from comfyui_syncav.text.embedded import TinyTextEncoder
+from comfy_nodes import run
+from comfyui_syncav.nodes.comfy_types import SyncAVCodecs
 from comfyui_syncav.nodes.dataset import SyncAVDataset
-from comfyui_syncav.nodes.loader import SyncAVCodecs
 from comfyui_syncav.data.av_dataset import MAX_CAPTION_BYTES, AVClipDataset, AVDatasetError
 from micro_models import micro_pipeline
 from test_av_dataset import frame_level, write_test_clip
@@ -237,12 +238,12 @@ def node_inputs():
 NODE_CASES = [
     (BadInput("node-folder-blank", NODE, r"folder: expected the path of a folder of clips .*received ' '"),
      dict(folder=" ")),
-    (BadInput("node-folder-missing", NODE, r"folder: '.*nowhere' is not a folder"), dict(folder="nowhere")),
+    (BadInput("node-folder-missing", NODE, r"folder: '.*nowhere' does not exist \(expected a folder of video clips"), dict(folder="nowhere")),
     (BadInput("node-seconds-inf", NODE, r"seconds: expected a positive training length in seconds, received inf"),
      dict(seconds=float("inf"))),
     (BadInput("node-seconds-nan", NODE, r"seconds: expected a positive training length.*received nan"),
      dict(seconds=float("nan"))),
-    (BadInput("node-size-odd", NODE, r"size: expected a positive multiple of \d+ px for this model, received 33"),
+    (BadInput("node-size-odd", NODE, r"size_px: expected sides that are multiples of \d+ px for this model, received 33"),
      dict(size=33)),
 ]
 NODE_INPUTS = {case.id: inputs for case, inputs in NODE_CASES}
@@ -256,7 +257,7 @@ def test_bad_node_input_gets_one_clear_error(case, tmp_path, node_inputs):
                   cache=False)
     inputs.update(NODE_INPUTS[case.id])
     with torch.inference_mode():
-        expect_error(case, lambda: SyncAVDataset().load(**inputs))
+        expect_error(case, lambda: run(SyncAVDataset, **inputs))
 
 
 def test_node_report_names_each_skipped_clip(tmp_path, node_inputs):
@@ -265,7 +266,7 @@ def test_node_report_names_each_skipped_clip(tmp_path, node_inputs):
     write_test_clip(folder / "good.mp4", frames=32)
     write_test_clip(folder / "blip.mp4", frames=2, fps=20.0)
     with torch.inference_mode():
-        dataset, report = SyncAVDataset().load(str(folder), codecs, text_encoder, 2.0, 16, False)
+        dataset, report = run(SyncAVDataset, str(folder), codecs, text_encoder, 2.0, 16, False)
     assert len(dataset) == 1 and dataset.encoded
     assert "skipped 1: blip.mp4: shorter than the training length: video 0.1 s < 2 s" in report
 

@@ -242,6 +242,7 @@ def comfy_server(tmp_path_factory):
            "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}"]
     cmd += shlex.split(os.environ.get("COMFYUI_EXTRA_ARGS", ""))
     env = dict(os.environ)
+    env.pop("SYNCAV_NO_COMFYUI", None)      # the unit tests' switch to stand-ins: the server is the real thing
     if os.environ.get("COMFYUI_PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["COMFYUI_PYTHONPATH"]
     env["PYTHONUNBUFFERED"] = "1"

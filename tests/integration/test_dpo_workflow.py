@@ -15,6 +15,7 @@ import json
 import time
 
 import pytest
+from workflow_files import combo_choices
 
 from comfyui_syncav.files.safetensors_io import read_header
 from comfyui_syncav.negatives.curriculum import DEFAULT_CURRICULUM
@@ -79,7 +80,7 @@ def test_train_load_lora_sample_decode(comfy_server):
     report = json.loads(entry["outputs"]["10"]["text"][0])
     assert "event_f1" in report
     # Load LoRA lists the trained file (output/syncav_lora) and the kept one (models/syncav_lora)
-    combo = comfy_server.object_info("SyncAVLoadLoRA")["input"]["required"]["lora"][0]
+    combo = combo_choices(comfy_server.object_info("SyncAVLoadLoRA")["input"]["required"]["lora"])
     assert {"none", "it_dpo.safetensors", "it_dpo_kept.safetensors"} <= set(combo)
     # the run's state is not offered as a LoRA
     assert not any("train_state" in name for name in combo)

@@ -1,21 +1,21 @@
 """The generation nodes inside a real ComfyUI: registered in /object_info, and the default workflow writes an mp4.
 
-workflows/api/generate_default.json: SyncAV Loader -> Text Encode -> Empty AV Latent -> SyncCFG Sampler -> Decode
--> native CreateVideo (images, fps, audio) -> native SaveVideo (h264 mp4).
+The generate workflow (its API format in example_workflows/api/): SyncAV Loader -> Text Encode -> Empty AV Latent
+-> SyncCFG Sampler -> Decode -> native CreateVideo (images, fps, audio) -> native SaveVideo (h264 mp4).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from workflow_files import API_DIR, GENERATE
 
 from comfyui_syncav.files.media_io import probe_mp4
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfy_nodes import NODE_CLASSES
+from comfy_nodes import info as node_info
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOW = REPO_ROOT / "workflows" / "api" / "generate_default.json"
+WORKFLOW = API_DIR / f"{GENERATE}.json"
 SAVE_NODE = "7"
 EXPECTED_SECONDS = 2.0
 
@@ -27,15 +27,15 @@ def load_workflow() -> dict:
 
 def test_every_syncav_node_is_registered(comfy_server):
     info = comfy_server.object_info()
-    missing = [key for key in NODE_CLASS_MAPPINGS if key not in info]
+    missing = [key for key in NODE_CLASSES if key not in info]
     assert not missing, f"SyncAV nodes missing from /object_info: {missing}\n{comfy_server.log_tail()}"
-    for key, cls in NODE_CLASS_MAPPINGS.items():
-        entry = info[key]
-        assert entry["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[key]
+    for key in NODE_CLASSES:
+        entry, expected = info[key], node_info(key)
+        assert entry["display_name"] == expected["display_name"] and entry["display_name"].startswith("SyncAV ")
         assert entry["category"] == "SyncAV"
-        assert entry["output"] == list(cls.RETURN_TYPES)
-        assert entry["output_name"] == list(cls.RETURN_NAMES)
-        assert set(entry["input"]["required"]) == set(cls.INPUT_TYPES()["required"])
+        assert entry["output"] == expected["output"]
+        assert entry["output_name"] == expected["output_name"]
+        assert set(entry["input"]["required"]) == set(expected["input"]["required"])
         assert entry["python_module"].startswith("custom_nodes.")
 
 

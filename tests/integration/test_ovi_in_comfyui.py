@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workflow_files import combo_choices
 import torch
 from PIL import Image
 from test_ovi_end_to_end import tiny_ovi_config, write_published_audio_files, write_wan_vae
@@ -190,7 +191,7 @@ def test_loader_lists_the_fp8_file_stored_as_the_public_conversion(comfy_server,
     assert header["video_model.blocks.0.ffn.0.bias"]["dtype"] == "BF16"
     assert header["video_model.blocks.0.norm3.weight"]["dtype"] == "BF16"
     assert header["video_model.text_embedding.0.weight"]["shape"] == [32, UMT5_XXL_WIDTH]
-    choices = comfy_server.object_info("SyncAVLoader")["input"]["required"]["checkpoint"][0]
+    choices = combo_choices(comfy_server.object_info("SyncAVLoader")["input"]["required"]["checkpoint"])
     assert FP8_FILE in choices and "Ovi 720x720 5s fp8" in choices
 
 

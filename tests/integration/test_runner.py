@@ -1,10 +1,10 @@
 """The headless runner against a real ComfyUI (run with COMFYUI_DIR set; see tests/integration/conftest.py).
 
-Every run goes through the UI-format files in workflows/, converted with the live server's /object_info:
+Every run goes through the UI-format files in example_workflows/, converted with the live server's /object_info:
 
 * each workflow that runs on a CPU exits 0 and downloads its mp4s, each with a video and an audio track of the
   clip's length (the DPO one trains 2 steps under its own name, through --set);
-* generate_ovi passes validation on a server without any model file, then fails in the Loader, which names the
+* the Ovi workflow passes validation on a server without any model file, then fails in the Loader, which names the
   missing Ovi file: exit 1, the message on stderr;
 * a value the server refuses (--set steps=0) is exit 1 with a message naming node, input and limit;
 * an interruption (POST /interrupt when the trainer reports its first step) is exit 4, and the same run queued
@@ -19,7 +19,8 @@ import threading
 import time
 
 import pytest
-from workflow_files import WORKFLOWS_DIR, workflow_names
+from workflow_files import (DPO_TRAIN_THEN_GENERATE, EVAL_SYNC, GENERATE, GENERATE_OVI, NEGATIVES_PREVIEW,
+                            WORKFLOWS_DIR, workflow_names)
 
 from comfyui_syncav.cli import main
 from comfyui_syncav.headless import runner
@@ -27,9 +28,9 @@ from comfyui_syncav.headless.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_O
 from comfyui_syncav.files.media_io import probe_mp4
 from comfyui_syncav.files.safetensors_io import read_header
 
-CPU_WORKFLOWS = [name for name in workflow_names() if name != "generate_ovi"]
+CPU_WORKFLOWS = [name for name in workflow_names() if name != GENERATE_OVI]
 # What each CPU workflow saves: mp4 files, all of the shipped clip length.
-EXPECTED_MP4S = {"generate_default": 1, "dpo_train_then_generate": 1, "eval_sync": 2, "negatives_preview": 2}
+EXPECTED_MP4S = {GENERATE: 1, DPO_TRAIN_THEN_GENERATE: 1, EVAL_SYNC: 2, NEGATIVES_PREVIEW: 2}
 CLIP_SECONDS = 2.0
 # The DPO workflow's node ids (UI ids are kept by the conversion): trainer and Save LoRA.
 TRAINER, SAVE_LORA = "3", "5"
@@ -70,7 +71,7 @@ def test_the_cpu_workflows_are_the_shipped_ones():
 
 @pytest.mark.parametrize("workflow", CPU_WORKFLOWS)
 def test_workflow_runs_and_downloads_its_clips(comfy_server, capsys, tmp_path, workflow):
-    overrides = dpo_overrides("it_runner_dpo", steps=2, save_every=2) if workflow == "dpo_train_then_generate" else []
+    overrides = dpo_overrides("it_runner_dpo", steps=2, save_every=2) if workflow == DPO_TRAIN_THEN_GENERATE else []
     code, out, err, _ = run_cli(capsys, workflow, comfy_server, tmp_path / "out", *overrides)
     assert code == EXIT_OK, err[-3000:]
     assert "finished in" in err
@@ -89,7 +90,7 @@ def test_workflow_runs_and_downloads_its_clips(comfy_server, capsys, tmp_path, w
         assert info["video"]["frames"] > 0 and info["audio"]["sample_rate"] > 0
         # aac pads to whole frames and adds its priming samples
         assert info["audio"]["seconds"] == pytest.approx(CLIP_SECONDS, abs=0.3)
-    if workflow == "dpo_train_then_generate":
+    if workflow == DPO_TRAIN_THEN_GENERATE:
         assert step_of(comfy_server.output_dir / LORA_FOLDER / "it_runner_dpo.safetensors") == 2
 
 
@@ -103,7 +104,7 @@ def test_generate_ovi_validates_then_fails_in_the_loader(comfy_server, capsys, t
     model_files = [path for folder in ovi_folders for path in (comfy_server.models_dir / folder).rglob("*")
                    if path.is_file()]
     assert not model_files, model_files
-    code, out, err, _ = run_cli(capsys, "generate_ovi", comfy_server, tmp_path / "out")
+    code, out, err, _ = run_cli(capsys, GENERATE_OVI, comfy_server, tmp_path / "out")
     assert code == EXIT_FAILED, err[-3000:]
     assert "rejected" not in err, "the prompt did not pass validation"
     assert "queued prompt" in err
@@ -116,7 +117,7 @@ def test_generate_ovi_validates_then_fails_in_the_loader(comfy_server, capsys, t
 # ------------------------------------------------------------------------------------------------ (c) rejected
 
 def test_a_refused_value_is_exit_1_with_a_readable_message(comfy_server, capsys, tmp_path):
-    code, out, err, _ = run_cli(capsys, "generate_default", comfy_server, tmp_path / "out", "4.steps=0")
+    code, out, err, _ = run_cli(capsys, GENERATE, comfy_server, tmp_path / "out", "4.steps=0")
     assert code == EXIT_FAILED
     lines = err.strip().splitlines()
     assert lines[0].startswith("error: the server rejected the prompt: "), err
@@ -145,7 +146,7 @@ def test_interrupt_is_exit_4_and_resume_continues(comfy_server, capsys, tmp_path
     err = io.StringIO()
 
     def long_run():
-        result["code"] = run_workflow(WORKFLOWS_DIR / "dpo_train_then_generate.json", comfy_server.base_url,
+        result["code"] = run_workflow(WORKFLOWS_DIR / f"{DPO_TRAIN_THEN_GENERATE}.json", comfy_server.base_url,
                                       dpo_overrides(name, steps=long_steps, save_every=1000),
                                       out_dir=tmp_path / "first", timeout_seconds=600, stdout=io.StringIO(),
                                       stderr=err)
@@ -166,7 +167,7 @@ def test_interrupt_is_exit_4_and_resume_continues(comfy_server, capsys, tmp_path
     assert step_of(lora) == done, "the LoRA of the last completed step was not published"
 
     # The same workflow again, resume on (as shipped), two more steps: it continues from `done` and generates.
-    code, out, err_text, _ = run_cli(capsys, "dpo_train_then_generate", comfy_server, tmp_path / "second",
+    code, out, err_text, _ = run_cli(capsys, DPO_TRAIN_THEN_GENERATE, comfy_server, tmp_path / "second",
                                      *dpo_overrides(name, steps=done + 2, save_every=1000))
     assert code == EXIT_OK, err_text[-3000:]
     assert step_of(state) == done + 2 and step_of(lora) == done + 2

@@ -13,6 +13,10 @@ def test_server_starts_and_package_imports(comfy_server):
               if "IMPORT FAILED" in line and PACKAGE in line
               or "Cannot import" in line and PACKAGE in line]
     assert not failed, "ComfyUI failed to import the package:\n" + "\n".join(failed) + "\n" + comfy_server.log_tail()
+    # V3 nodes: registered through comfy_entrypoint (its failures are only a warning in the log)
+    assert "Error while calling comfy_entrypoint" not in log, comfy_server.log_tail()
+    ours = sorted(name for name, entry in info.items() if entry["python_module"] == f"custom_nodes.{PACKAGE}")
+    assert len(ours) == 12 and all(name.startswith("SyncAV") for name in ours), ours
     # ComfyUI logs every custom-node folder it imported in its "Import times for custom nodes" table
     assert any(PACKAGE in line and "seconds" in line for line in log.splitlines()), comfy_server.log_tail()
     # The package switched MKL's reproducible mode on before ComfyUI computed anything (runtime/reproducible_blas.py):

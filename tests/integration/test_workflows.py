@@ -1,7 +1,8 @@
 """The shipped workflows inside a real ComfyUI (run with COMFYUI_DIR set; see tests/integration/conftest.py).
 
-* The template browser's routes list workflows/*.json under this package and serve them and their card pictures
-  (NAME.jpg); the served UI file converts, with the live /object_info, to its API twin.
+* The template browser's routes list example_workflows/*.json under this package (not its README.md) and serve them
+  and their card pictures (NAME.jpg) under the URL-encoded name; the served UI file converts, with the live
+  /object_info, to its API twin.
 * tests/fixtures/object_info.json matches the live server (with SYNCAV_UPDATE_OBJECT_INFO=1 it is rewritten from it
   instead: tests/fixtures/README.md).
 * Every API workflow but Ovi's runs on the CPU and its outputs are checked: mp4s with an audio track of the right
@@ -21,14 +22,15 @@ import urllib.parse
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_files import (OBJECT_INFO_FIXTURE, WORKFLOWS_DIR, api_workflow_names, load_api,
+from workflow_files import (DPO_TRAIN_THEN_GENERATE, EVAL_SYNC, GENERATE, GENERATE_OVI, NEGATIVES_PREVIEW,
+                            OBJECT_INFO_FIXTURE, SHIPPED, WORKFLOWS_DIR, api_workflow_names, load_api,
                             load_object_info_fixture, load_ui, prompt_of, snapshot_of, workflow_names)
 
 from comfyui_syncav.headless.ui_to_api import ui_to_api
 from comfyui_syncav.files.atomic import write_text_atomic
 from comfyui_syncav.files.media_io import probe_mp4
 from comfyui_syncav.files.safetensors_io import read_header
-from comfyui_syncav.nodes import NODE_CLASS_MAPPINGS
+from comfy_nodes import NODE_CLASSES
 
 from .conftest import PACKAGE_DIR_NAME
 
@@ -85,17 +87,19 @@ def test_template_browser_lists_and_serves_the_workflows(comfy_server):
     listed = comfy_server.get_json("/api/workflow_templates")
     assert sorted(listed.get(PACKAGE_DIR_NAME, [])) == workflow_names(), listed
     info = comfy_server.object_info()
+    assert "README" not in listed.get(PACKAGE_DIR_NAME, []), "only *.json files are templates"
     for name in workflow_names():
-        folder = f"/api/workflow_templates/{urllib.parse.quote(PACKAGE_DIR_NAME)}"
-        served = json.loads(comfy_server.request("GET", f"{folder}/{name}.json"))
+        # the editor puts the name in the URL as it is; the browser encodes its spaces
+        url = f"/api/workflow_templates/{urllib.parse.quote(PACKAGE_DIR_NAME)}/{urllib.parse.quote(name)}"
+        served = json.loads(comfy_server.request("GET", f"{url}.json"))
         assert served == load_ui(name)
         assert ui_to_api(served, info) == load_api(name), f"{name}: the live server's widgets differ"
         # the card's picture: the frontend asks for NAME.jpg beside NAME.json
-        assert comfy_server.request("GET", f"{folder}/{name}.jpg") == (WORKFLOWS_DIR / f"{name}.jpg").read_bytes()
+        assert comfy_server.request("GET", f"{url}.jpg") == (WORKFLOWS_DIR / f"{name}.jpg").read_bytes()
 
 
 def test_object_info_snapshot_is_current(comfy_server):
-    live = snapshot_of(comfy_server.object_info(), NODE_CLASS_MAPPINGS)
+    live = snapshot_of(comfy_server.object_info(), NODE_CLASSES)
     if os.environ.get("SYNCAV_UPDATE_OBJECT_INFO", "").strip() not in ("", "0"):
         write_text_atomic(OBJECT_INFO_FIXTURE, json.dumps(live, indent=1, ensure_ascii=False) + "\n")
     stored = load_object_info_fixture()
@@ -110,19 +114,18 @@ def test_object_info_snapshot_is_current(comfy_server):
 # ------------------------------------------------------------------------------------------------ running them
 
 def test_each_api_workflow_has_its_test_here():
-    assert set(api_workflow_names()) == {"generate_default", "dpo_train_then_generate", "eval_sync",
-                                         "negatives_preview", "generate_ovi"}
+    assert set(api_workflow_names()) == set(SHIPPED)
 
 
 def test_generate_default(comfy_server):
-    entry = run_timed(comfy_server, "generate_default", prompt_of(load_api("generate_default")))
+    entry = run_timed(comfy_server, "generate", prompt_of(load_api(GENERATE)))
     (path,) = saved_videos(comfy_server, entry, "7")
     assert path.parent.name == "SyncAV" and path.name.startswith("clip_")
     check_mp4(path, 2.0)
 
 
 def test_eval_sync(comfy_server):
-    entry = run_timed(comfy_server, "eval_sync", prompt_of(load_api("eval_sync")))
+    entry = run_timed(comfy_server, "eval_sync", prompt_of(load_api(EVAL_SYNC)))
     plain, synced, real = (report_of(entry, node) for node in ("10", "11", "12"))
     # the reports are shown by the Preview Any nodes too
     for metric, preview in (("10", "13"), ("11", "14"), ("12", "15")):
@@ -139,7 +142,7 @@ def test_eval_sync(comfy_server):
 
 
 def test_negatives_preview(comfy_server):
-    entry = run_timed(comfy_server, "negatives_preview", prompt_of(load_api("negatives_preview")))
+    entry = run_timed(comfy_server, "negatives_preview", prompt_of(load_api(NEGATIVES_PREVIEW)))
     (real,) = saved_videos(comfy_server, entry, "6")
     (negative,) = saved_videos(comfy_server, entry, "8")
     for path in (real, negative):
@@ -153,7 +156,7 @@ def test_negatives_preview(comfy_server):
 
 
 def test_dpo_train_then_generate_and_the_lora_loads_by_name(comfy_server):
-    workflow = load_api("dpo_train_then_generate")
+    workflow = load_api(DPO_TRAIN_THEN_GENERATE)
     steps = workflow["3"]["inputs"]["steps"]
     entry = run_timed(comfy_server, "dpo_train_then_generate", prompt_of(workflow), timeout=900)
     trained = comfy_server.output_dir / "syncav_lora" / f"{LORA_NAME}.safetensors"
@@ -202,7 +205,7 @@ def test_generate_ovi_is_valid_without_model_files_and_fails_in_the_loader(comfy
     model_files = [path for folder in ovi_folders for path in (comfy_server.models_dir / folder).rglob("*")
                    if path.is_file()]
     assert not model_files, model_files
-    entry = comfy_server.run(prompt_of(load_api("generate_ovi")), timeout=120, check=False)
+    entry = comfy_server.run(prompt_of(load_api(GENERATE_OVI)), timeout=120, check=False)
     error = comfy_server.execution_error(entry)
     assert (error["node_id"], error["node_type"], error["exception_type"]) == \
         ("1", "SyncAVLoader", "FileNotFoundError")

@@ -14,6 +14,7 @@ the CLIP's model options); no test server loads a real UMT5-XXL.
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 
 import torch
@@ -23,10 +24,11 @@ TINY_UMT5_XXL_CONFIG = {"d_kv": 4, "num_heads": 2, "d_ff": 16, "vocab_size": 96}
 
 
 def _shrink_comfy_umt5_xxl() -> None:
-    try:
-        from comfy.text_encoders import wan
-    except ImportError:       # imported by a test, outside ComfyUI: nothing to shrink
+    # Imported by a test, outside a running ComfyUI (whose model management is loaded before any custom node):
+    # nothing to shrink, and importing ComfyUI's text encoders here would start its device management.
+    if "comfy.model_management" not in sys.modules:
         return
+    from comfy.text_encoders import wan
     full_size_init = wan.UMT5XXlModel.__init__
 
     def tiny_init(self, *args, model_options={}, **kwargs):  # noqa: B006 - ComfyUI's own signature

@@ -1,6 +1,7 @@
-"""A ComfyUI CLIP as a SyncAV text encoder, and UMT5-XXL loaded through ComfyUI's own CLIP loader.
+"""A ComfyUI CLIP as a SyncAV text encoder, and the check that a file is the UMT5-XXL Wan's CLIP loader takes.
 
-Both ways a prompt reaches a ComfyUI CLIP go through ``ComfyClipTextEncoder``: a CLIP connected to SyncAV Text
+Nothing here imports ComfyUI: a CLIP is anything with ``tokenize`` and ``encode_from_tokens``. Both ways a prompt
+reaches a ComfyUI CLIP go through ``ComfyClipTextEncoder``: a CLIP connected to SyncAV Text
 Encode's ``clip`` input, and, inside ComfyUI, the Ovi presets' own text encoder, which loads
 ``models/text_encoders/umt5_xxl_fp16.safetensors`` as Load CLIP with type ``wan`` would (``load_umt5_xxl_clip``).
 Encoding is ComfyUI CLIP Text Encode's: ``clip.tokenize`` then ``clip.encode_from_tokens``. ComfyUI's Wan UMT5-XXL
@@ -11,14 +12,12 @@ with), so the prompt's length, its closing ``</s>`` included, is the last non-ze
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import torch
 
 from ..files.safetensors_io import read_header
-from ..text.interface import EncodedText, TextEncoder
-from . import comfy_bridge
+from .interface import EncodedText, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +94,3 @@ def check_umt5_xxl_file(path: str, dim: int) -> None:
     width = header[UMT5_XXL_LAST_BLOCK_KEY]["shape"][-1]
     if width != dim:
         raise ValueError(f"{path} gives {width}-wide embeddings, expected {dim}")
-
-
-def load_umt5_xxl_clip(path: str, dim: int, max_length: int) -> ComfyClipTextEncoder:
-    """UMT5-XXL from ``path`` through ComfyUI's CLIP loader (type wan, as Load CLIP loads it), as a text encoder of
-    ``dim``-wide embeddings and ``max_length`` rows. Only inside ComfyUI; the file is checked before it is read."""
-    check_umt5_xxl_file(path, dim)
-    clip = comfy_bridge.load_text_encoder_clip(path, "wan")
-    return ComfyClipTextEncoder(clip, dim, max_length, label=f"Ovi text encoder {os.path.basename(path)}",
-                                path=path)

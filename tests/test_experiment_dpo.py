@@ -1,4 +1,4 @@
-"""bench/dpo_experiment.py: the quality check pairs clips by seed and gets the signs right; run names parse."""
+"""experiments/dpo_experiment.py: the quality check pairs clips by seed and gets the signs right; run names parse."""
 
 import importlib.util
 import math
@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.bench_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "dpo_experiment.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "dpo_experiment.py"
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,11 @@ def test_run_names_set_the_training_config_and_unknown_runs_are_refused(experime
         steps, batch_size, lr, rank, seed, noise_shift = 8, 2, 1e-4, 4, 0, 3.0
 
     config = experiment.training_config("dpo_beta4000", Args)
-    assert (config.dpo.beta_video, config.dpo.beta_audio, config.dpo.shift) == (4000.0, 4000.0, 3.0)
-    assert config.dpo.driven_fraction == 0.0 and config.lora.towers == ("video", "audio")
+    assert (config.dpo.beta_video, config.dpo.beta_audio, config.dpo.noise.shift) == (4000.0, 4000.0, 3.0)
+    assert config.dpo.noise.driven_fraction == 0.0 and config.lora.towers == ("video", "audio")
     config = experiment.training_config("dpo_audiotower_beta12000_driven0.25", Args)
-    assert (config.dpo.beta_audio, config.dpo.driven_fraction, config.lora.towers) == (12000.0, 0.25, ("audio",))
+    assert (config.dpo.beta_audio, config.dpo.noise.driven_fraction, config.lora.towers) == (12000.0, 0.25,
+                                                                                             ("audio",))
     config = experiment.training_config("dpo_only_shift_sft", Args)
     assert config.families == ("shift",) and config.dpo.sft_weight == 1.0 and config.objective == "dpo"
     assert experiment.training_config("sft", Args).objective == "sft"

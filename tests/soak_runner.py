@@ -1,7 +1,7 @@
 """Soak test of a ComfyUI server running SyncAV: many generations in a row through the headless runner, and how much
 the server's resident memory grew meanwhile.
 
-Each run is ``run_workflow`` on workflows/generate_default.json (the embedded default, converted with the server's
+Each run is ``run_workflow`` on the shipped generate workflow (the embedded default, converted with the server's
 /object_info) with its own seed (``--set "SyncAV SyncCFG Sampler.seed=N"``); ``--parallel`` runs keep that many
 prompts queued at once (the server still executes one at a time). A run counts as ok when it exits 0 and every
 mp4 it downloaded has a video and an audio track of the clip's length. One warm-up run comes before the first
@@ -12,7 +12,7 @@ process listening on the URL's port on this machine. Last line:
 ``RESULT runs=50 ok=50 rss_before_mb=... rss_after_mb=... growth_pct=...``; the exit code is 1 when a run failed or
 the growth passed ``--max-growth-pct``.
 
-    python bench/soak_runner.py --server http://127.0.0.1:8188 --count 50
+    python tests/soak_runner.py --server http://127.0.0.1:8188 --count 50
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from workflow_files import GENERATE, WORKFLOWS_DIR
+
 from comfyui_syncav.headless.runner import EXIT_OK, run_workflow
 from comfyui_syncav.files.media_io import probe_mp4
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "generate_default.json"
+DEFAULT_WORKFLOW = WORKFLOWS_DIR / f"{GENERATE}.json"
 DEFAULT_SEED_INPUT = "SyncAV SyncCFG Sampler.seed"
-CLIP_SECONDS = 2.0            # the length generate_default makes
+CLIP_SECONDS = 2.0            # the length the generate workflow makes
 # h264 at 16 fps is exact to a frame; aac pads to whole 1024-sample frames and adds its priming samples.
 VIDEO_TOLERANCE_SECONDS = 0.07
 AUDIO_TOLERANCE_SECONDS = 0.3
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=2,
                         help="runs in flight at once, i.e. prompts queued on the server together (default 2)")
     parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,
-                        help="workflow to run (default workflows/generate_default.json)")
+                        help=f"workflow to run (default example_workflows/{GENERATE}.json)")
     parser.add_argument("--seed-input", default=DEFAULT_SEED_INPUT, metavar="NODE.INPUT",
                         help=f"the input that gets each run's seed (default {DEFAULT_SEED_INPUT!r})")
     parser.add_argument("--out", type=Path, default=None, help="folder for the downloads (default: a temp folder)")

@@ -12,7 +12,7 @@ Each row also gets its chance level (the same generated stream scored against ot
 margin F1 - chance. Same clips, prompts and initial noise in every row; Euler steps with text guidance on the
 generated stream only.
 
-    python bench/driven_sync.py --clips 64 --steps 25 [--weights FILE]
+    python experiments/driven_sync.py --clips 64 --steps 25 [--weights FILE]
 
 Last line: ``RESULT v2a_margin=... a2v_margin=... joint_margin=...``.
 """
@@ -26,7 +26,8 @@ import torch
 
 from comfyui_syncav.generation.generate import initial_noise
 from comfyui_syncav.guidance.schedules import base_sigmas, shift_sigmas
-from comfyui_syncav.bouncebench.clips import STANDARD, make_clips, split_seeds
+from comfyui_syncav.bouncebench.clips import make_clips
+from comfyui_syncav.bouncebench.config import STANDARD, split_seeds
 from comfyui_syncav.metrics.sync_metrics import sync_report
 
 

@@ -4,7 +4,7 @@ Runs ``evaluate_bouncebench`` once per guidance setting on the embedded default 
 markdown table (the one in docs/results.md), then writes every row's full JSON to --json-dir if given.
 Last line: ``RESULT <row>_f1=... <row>_margin=... ...``.
 
-    python bench/sync_guidance_table.py --clips 64 --steps 25
+    python experiments/sync_guidance_table.py --clips 64 --steps 25
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
-from comfyui_syncav.bouncebench.evaluation import evaluate_bouncebench, write_json_atomic
+from comfyui_syncav.bouncebench.evaluation import evaluate_bouncebench
+from comfyui_syncav.bouncebench.report import write_json_atomic
 
 ROWS = {  # name -> (text scale, sync scale, sync interval)
     "no_guidance": (1.0, 1.0, (0.0, 1.0)),

@@ -6,7 +6,7 @@ noise seeded by the clip's seed), and denoised to 0 by the model with Euler step
 the real clip. Where event F1 collapses as sigma0 rises is the range where the model decides the motion and the
 timing, and where training has to be good (docs/results.md, "Where the sync is lost").
 
-    python bench/start_sigma_sync.py --clips 24 --start-sigmas 0.5,0.7,0.85,0.95,1
+    python experiments/start_sigma_sync.py --clips 24 --start-sigmas 0.5,0.7,0.85,0.95,1
 
 Last line: ``RESULT f1_at_<sigma0>=... visual_events_at_<sigma0>=... ...``.
 """
@@ -20,7 +20,8 @@ import torch
 
 from comfyui_syncav.guidance.schedules import shift_sigmas
 from comfyui_syncav.guidance.sync_cfg import SyncCFGConditioning, SyncCFGGuidance, guided_velocity
-from comfyui_syncav.bouncebench.clips import VARIANTS, make_clips, split_seeds
+from comfyui_syncav.bouncebench.clips import make_clips
+from comfyui_syncav.bouncebench.config import VARIANTS, split_seeds
 from comfyui_syncav.bouncebench.evaluation import score_clip
 
 

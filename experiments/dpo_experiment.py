@@ -21,7 +21,7 @@ Each finished run leaves ``<out>/<run>/result.json``; running the script again s
 interrupted experiment continues where it stopped. Prints a markdown table; last line ``RESULT ...`` with each
 run's plain-CFG margin and the DPO-minus-SFT differences.
 
-    python bench/dpo_experiment.py --out runs/dpo_experiment --steps 200 --clips 64
+    python experiments/dpo_experiment.py --out runs/dpo_experiment --steps 200 --clips 64
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def _positive_number(text: str) -> float | None:
 def training_config(run: str, args):
     from comfyui_syncav.runtime.lora import LoraSpec
     from comfyui_syncav.train.dpo_loss import DPOConfig
+    from comfyui_syncav.train.noise_mix import NoiseMix
     from comfyui_syncav.train.dpo_training import DPOTrainingConfig
 
     settings = parse_run(run)
@@ -110,9 +111,8 @@ def training_config(run: str, args):
     lora = LoraSpec(rank=args.rank) if settings["towers"] is None else LoraSpec(rank=args.rank,
                                                                                towers=settings["towers"])
     # The noise levels are the same for every objective, so SFT and DPO stay matched.
-    dpo = DPOConfig(shift=args.noise_shift, sft_weight=settings["sft_weight"],
-                    driven_fraction=settings["driven_fraction"], beta_video=settings["beta"],
-                    beta_audio=settings["beta"])
+    dpo = DPOConfig(noise=NoiseMix(shift=args.noise_shift, driven_fraction=settings["driven_fraction"]),
+                    sft_weight=settings["sft_weight"], beta_video=settings["beta"], beta_audio=settings["beta"])
     return DPOTrainingConfig(objective=settings["objective"], dpo=dpo, curriculum_mode=settings["curriculum_mode"],
                              families=settings["families"], steps=args.steps, batch_size=args.batch_size,
                              lr=args.lr, lora=lora, save_every=max(1, args.steps // 4), seed=args.seed)

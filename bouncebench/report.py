@@ -1,0 +1,78 @@
+"""BounceBench reports: JSON-ready values, means that skip undefined numbers, the text table of an evaluation, and
+atomic JSON files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..files.atomic import write_text_atomic
+
+__all__ = ["jsonable", "finite_mean", "format_table", "write_json_atomic"]
+
+
+def jsonable(value):
+    """numpy -> Python, tuples -> lists, NaN / inf -> None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    return value
+
+
+def finite_mean(values) -> float | None:
+    """The mean of the finite values (None and NaN / inf left out); None when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else None
+
+
+_TABLE_COLUMNS = (
+    ("F1", "event_f1", "{:.3f}"), ("chance", "chance_event_f1", "{:.3f}"), ("margin", "event_f1_margin", "{:+.3f}"),
+    ("|off| ms", "median_offset_ms", "{:.1f}"), ("AV-Align", "av_align", "{:.3f}"),
+    ("xcorr ms", "xcorr_offset_ms", "{:+.1f}"), ("count ok", "video_blob_count_ok", "{:.2f}"),
+    ("colour err", "video_colour_error", "{:.3f}"), ("radius x", "video_radius_ratio", "{:.2f}"),
+    ("spec dB", "audio_spectral_distance_db", "{:.1f}"), ("pitch Hz", "audio_pitch_error_hz", "{:.1f}"),
+)
+
+
+def format_table(result: dict) -> str:
+    """A short text table of an ``evaluate_bouncebench`` result: the generated row, and the real row if present."""
+    guidance = result.get("guidance") or {}
+    label = (f"text {guidance.get('text_scale_video', '?')}, sync {guidance.get('sync_scale_video', '?')}"
+             if guidance else "generated")
+    rows = [(f"generated ({label})", result)]
+    if result.get("real"):
+        rows.append(("real clips", result["real"]))
+    name_width = max(len(name) for name, _ in rows)
+    cells = [[fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in _TABLE_COLUMNS]
+             for _, row in rows]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _, _) in enumerate(_TABLE_COLUMNS)]
+    lines = ["  ".join([" " * name_width] + [t.rjust(w) for (t, _, _), w in zip(_TABLE_COLUMNS, widths)])]
+    for (name, _), row_cells in zip(rows, cells):
+        lines.append("  ".join([name.ljust(name_width)] + [c.rjust(w) for c, w in zip(row_cells, widths)]))
+    lines.append(f"{result['clips']} clips of BounceBench {result['split']} ({result['variant']}) from seed "
+                 f"offset {result['seed']}, {result['steps']} {result['solver']} steps, {result['elapsed_s']:.1f} s; "
+                 "rank sync by margin = F1 - chance")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented strict JSON (NaN refused) to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    if path.parent and not path.parent.is_dir():
+        raise ValueError(f"json path: folder {str(path.parent)!r} does not exist")
+    write_text_atomic(path, text)
+    return path

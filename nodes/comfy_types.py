@@ -1,0 +1,167 @@
+"""The values SyncAV nodes pass each other, as ComfyUI types, and the conventions of ComfyUI's own IMAGE/AUDIO.
+
+Shared by every node module (with ``comfy_bridge``); imports ComfyUI's node API only, never a node module. ComfyUI
+checks the type of every link, so a node receives only what these types promise and does not check it again;
+MODEL, IMAGE and AUDIO are shared with every other node pack, so those are checked where they enter the library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from comfy_api.latest import io
+from torch import nn
+
+from ..generation.pipeline import AVPipeline
+from ..model.joint import JointModel
+from ..negatives.curriculum import Curriculum
+from ..text.interface import EncodedText
+
+CATEGORY = "SyncAV"
+
+# The values SyncAV nodes pass each other (ComfyUI checks every link's type; nodes do not check them again).
+CODECS = io.Custom("SYNCAV_CODECS")
+TEXT_ENCODER = io.Custom("SYNCAV_TEXT_ENCODER")
+CONDITIONING = io.Custom("SYNCAV_CONDITIONING")
+LATENT = io.Custom("SYNCAV_LATENT")
+DATASET = io.Custom("SYNCAV_DATASET")
+NEGATIVES = io.Custom("SYNCAV_NEGATIVES")
+
+
+def output(io_type, name: str, tooltip: str):
+    """An output shown as ``name`` on every ComfyUI version (without ``display_name`` 0.3.64 shows the type). Its id
+    gets a suffix: the schema wants output ids apart from input ids (the sampler takes and gives a ``latent``)."""
+    return io_type.Output(f"{name}_out", display_name=name, tooltip=tooltip)
+
+
+# ------------------------------------------------------------------------------------------------ shared values
+
+class SyncAVCodecs:
+    """The SYNCAV_CODECS value: the video and audio codecs of a loaded pipeline (latent shapes, SyncCFG anchors,
+    decoding). Holds the ``AVPipeline`` the loader built."""
+
+    def __init__(self, pipeline: AVPipeline):
+        self.pipeline = pipeline
+
+    video_codec = property(lambda self: self.pipeline.video_codec)
+    audio_codec = property(lambda self: self.pipeline.audio_codec)
+    fps = property(lambda self: float(self.pipeline.video_codec.fps))
+    sample_rate = property(lambda self: int(self.pipeline.audio_codec.sample_rate))
+    pixel_multiple = property(lambda self: self.pipeline.pixel_multiple)   # frame sides are multiples of this
+
+    def latent_shapes(self, seconds: float, height: int, width: int, batch: int = 1):
+        """(video [B, Cv, Fv, Hv, Wv], audio [B, La, Ca]) latent shapes of a clip."""
+        return self.pipeline.latent_shapes(seconds, height, width, batch)
+
+    def anchors(self, video_shape, audio_shape, device=None, dtype=torch.float32):
+        """(static_video [1, Cv, Fv, Hv, Wv], silence [1, La, Ca]): SyncCFG's clean anchor latents."""
+        return self.pipeline.anchors(video_shape, audio_shape, device=device, dtype=dtype)
+
+    def decode(self, video_latent: torch.Tensor, audio_latent: torch.Tensor):
+        """-> (frames [B, F, H, W, 3] in 0..1, waveform [B, C, T] in -1..1), float32 on the CPU."""
+        return self.pipeline.decode(video_latent, audio_latent)
+
+    def __repr__(self) -> str:
+        return (f"SyncAVCodecs({self.pipeline.name}: {type(self.video_codec).__name__} {self.fps:g} fps, "
+                f"{type(self.audio_codec).__name__} {self.sample_rate} Hz)")
+
+
+@dataclass
+class SyncAVConditioning:
+    """The SYNCAV_CONDITIONING value: (video, audio) encoded prompts, positive and negative, batch 1 each."""
+
+    positive: tuple[EncodedText, EncodedText]
+    negative: tuple[EncodedText, EncodedText]
+    prompts: dict[str, str] = field(default_factory=dict)   # the texts, for display and debugging
+
+    def __repr__(self) -> str:
+        return f"SyncAVConditioning({self.prompts!r})"
+
+
+def joint_model_of(model) -> JointModel:
+    """The JointModel inside a MODEL from SyncAV Loader; a clear error for any other MODEL (the type MODEL is
+    shared with every image and video model of ComfyUI, so ComfyUI's link check cannot tell them apart)."""
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(inner, JointModel):
+        what = type(getattr(model, "model", model)).__name__
+        raise ValueError(f"model: expected the MODEL output of SyncAV Loader (a joint audio-video model), "
+                         f"received a {what}; image/video models from other loaders cannot be sampled here")
+    return inner
+
+
+def check_images(images, name: str = "images") -> torch.Tensor:
+    """An IMAGE ``[F, H, W, 3]`` (frames in 0..1); a ValueError naming the input otherwise."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{name}: expected IMAGE frames (a tensor [F, H, W, 3] in 0..1), received "
+                         f"{type(images).__name__}")
+    if images.dim() != 4 or images.shape[-1] != 3 or min(images.shape) < 1:
+        raise ValueError(f"{name}: expected IMAGE frames [F, H, W, 3] (RGB in 0..1), received shape "
+                         f"{list(images.shape)}")
+    return images
+
+
+def check_audio(audio, name: str = "audio") -> tuple[torch.Tensor, int]:
+    """An AUDIO dict ``{"waveform": [B, C, T], "sample_rate": int}`` -> (waveform, sample rate in Hz)."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        got = sorted(audio) if isinstance(audio, dict) else type(audio).__name__
+        raise ValueError(f"{name}: expected AUDIO (a dict with 'waveform' [B, C, T] and 'sample_rate' in Hz), "
+                         f"received {got}")
+    waveform, rate = audio["waveform"], audio["sample_rate"]
+    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 3 or waveform.shape[-1] < 1:
+        what = list(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
+        raise ValueError(f"{name}: 'waveform' must be a tensor [B, C, T] (clips, channels, samples), received {what}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise ValueError(f"{name}: 'sample_rate' must be a positive number of Hz, received {rate!r}")
+    return waveform, int(rate)
+
+
+@dataclass(frozen=True)
+class SyncAVNegativeSpec:
+    """The SYNCAV_NEGATIVES value: the curriculum the trainer draws its losers from (mode, families and rule
+    choice already applied)."""
+
+    curriculum: Curriculum
+    rules: tuple[str, ...] | None = None        # the rules the user kept (None: all of the curriculum's)
+
+
+# ------------------------------------------------------------------------------------------------ MODEL
+
+class SyncAVModel(nn.Module):
+    """What the patcher wraps: a module whose ``diffusion_model`` is the JointModel.
+
+    State-dict keys therefore read ``diffusion_model.<module path>``, ComfyUI's convention for LoRA key maps.
+    ModelPatcher assigns ``.device`` itself, so it is a plain attribute here.
+    """
+
+    def __init__(self, diffusion_model: nn.Module, device: torch.device | None = None):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.device = device
+
+    def get_dtype(self) -> torch.dtype:
+        """Dtype the weights are stored in (ModelPatcher.model_dtype reads it)."""
+        return next(self.diffusion_model.parameters()).dtype
+
+    def forward(self, *args, **kwargs):
+        return self.diffusion_model(*args, **kwargs)
+
+
+class StandInPatcher:
+    """Minimal stand-in for ``comfy.model_patcher.ModelPatcher`` outside ComfyUI: holds ``.model``, loads nothing."""
+
+    def __init__(self, model: nn.Module, load_device: torch.device, offload_device: torch.device):
+        self.model = model
+        self.load_device = load_device
+        self.offload_device = offload_device
+        if getattr(model, "device", None) is None:
+            model.device = offload_device
+
+    def clone(self) -> "StandInPatcher":
+        return StandInPatcher(self.model, self.load_device, self.offload_device)
+
+    def model_size(self) -> int:
+        return sum(t.nelement() * t.element_size() for t in self.model.state_dict().values())
+
+    def __repr__(self) -> str:
+        return f"StandInPatcher({type(self.model).__name__}, load_device={self.load_device})"
