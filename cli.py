@@ -341,7 +341,8 @@ def _eval(args) -> int:
     from .guidance.sync_cfg import SyncCFGGuidance
     from .bouncebench.config import VARIANTS, split_seeds
     from .bouncebench.evaluation import evaluate_bouncebench
-    from .bouncebench.report import format_table, write_json_atomic
+    from .bouncebench.report import format_table
+    from .files.atomic import write_json_atomic
 
     if args.variant not in VARIANTS:
         raise ValueError(f"--variant: expected one of {', '.join(VARIANTS)}, got {args.variant!r}")

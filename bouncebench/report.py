@@ -1,18 +1,13 @@
-"""BounceBench reports: JSON-ready values, means that skip undefined numbers, the text table of an evaluation, and
-atomic JSON files."""
+"""BounceBench reports: JSON-ready values, means that skip undefined numbers, the text table of an evaluation (the
+JSON file itself is written by ``files.atomic.write_json_atomic``)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 
-from ..files.atomic import write_text_atomic
-
-__all__ = ["jsonable", "finite_mean", "format_table", "write_json_atomic"]
+__all__ = ["jsonable", "finite_mean", "format_table"]
 
 
 def jsonable(value):
@@ -66,13 +61,3 @@ def format_table(result: dict) -> str:
                  f"offset {result['seed']}, {result['steps']} {result['solver']} steps, {result['elapsed_s']:.1f} s; "
                  "rank sync by margin = F1 - chance")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write ``data`` as indented strict JSON (NaN refused) to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    if path.parent and not path.parent.is_dir():
-        raise ValueError(f"json path: folder {str(path.parent)!r} does not exist")
-    write_text_atomic(path, text)
-    return path

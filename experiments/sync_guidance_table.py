@@ -14,7 +14,7 @@ from pathlib import Path
 
 from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
 from comfyui_syncav.bouncebench.evaluation import evaluate_bouncebench
-from comfyui_syncav.bouncebench.report import write_json_atomic
+from comfyui_syncav.files.atomic import write_json_atomic
 
 ROWS = {  # name -> (text scale, sync scale, sync interval)
     "no_guidance": (1.0, 1.0, (0.0, 1.0)),

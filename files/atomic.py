@@ -13,6 +13,7 @@ file where a folder goes), and not one of the command's input files, whatever sp
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -205,3 +206,13 @@ def copy_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written file)."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented strict JSON (NaN refused) to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    if path.parent and not path.parent.is_dir():
+        raise ValueError(f"json path: folder {str(path.parent)!r} does not exist")
+    write_text_atomic(path, text)
+    return path

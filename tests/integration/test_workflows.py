@@ -163,6 +163,8 @@ def test_dpo_train_then_generate_and_the_lora_loads_by_name(comfy_server):
     kept = comfy_server.models_dir / "syncav_lora" / f"{LORA_NAME}.safetensors"
     assert trained.is_file() and int(read_header(trained)[1]["step"]) == steps
     assert kept.is_file() and kept.read_bytes() == trained.read_bytes()
+    # where the LoRA was kept, as the editor shows it: Save LoRA's lora_path in the Preview Any node
+    assert entry["outputs"]["14"]["text"] == [str(kept)]
     (curves,) = comfy_server.output_files(entry, "4")
     assert curves.suffix == ".png" and curves.stat().st_size > 0
     (generated,) = saved_videos(comfy_server, entry, "12")
