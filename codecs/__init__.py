@@ -1,1 +1,2 @@
-"""Codecs between pixels/waveforms and latents: the interface, the embedded codecs, Wan2.2's VAE, MMAudio's VAE with BigVGAN."""
+"""Codecs between pixels/waveforms and latents: the interface, the embedded codecs, Wan2.2's VAE, MMAudio's VAE
+with BigVGAN."""

@@ -46,15 +46,13 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from ..files.media_io import ClipSkipped, cover_size, decode_clip
-from .clip_folder import (MAX_CAPTION_BYTES, VIDEO_EXTENSIONS, AVDatasetError, ClipFile, SkippedClip, error_detail,
-                          scan_clip_folder)
+from .clip_folder import AVDatasetError, ClipFile, SkippedClip, error_detail, scan_clip_folder
 from ..model.batch import AVBatch
 from .latent_cache import CACHE_FORMAT, LatentCacheFiles, codec_identity, encode_captions, text_encoder_fingerprint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VIDEO_EXTENSIONS", "CACHE_FORMAT", "MAX_CAPTION_BYTES", "AVDatasetError", "ClipSkipped", "SkippedClip",
-           "ClipFile", "DecodedClip", "decode_clip", "resize_crop", "AVClipDataset"]
+__all__ = ["DecodedClip", "resize_crop", "AVClipDataset"]
 
 
 class DecodedClip(NamedTuple):

@@ -207,7 +207,8 @@ def quality_change(result: dict, base: dict, row: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="experiment folder (one subfolder per run; reruns skip done runs)")
-    parser.add_argument("--runs", default="base,sft,dpo,dpo_nocurriculum," + ",".join(f"dpo_only_{f}" for f in FAMILIES))
+    parser.add_argument("--runs",
+                        default="base,sft,dpo,dpo_nocurriculum," + ",".join(f"dpo_only_{f}" for f in FAMILIES))
     parser.add_argument("--weights", default=None, help="base joint-model weights (default: the embedded default)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -1,1 +1,2 @@
-"""Files every layer writes or reads: atomic fsynced writes, safetensors headers and tensors, video/audio media, ComfyUI's model folders."""
+"""Files every layer writes or reads: atomic fsynced writes, safetensors headers and tensors, video/audio media,
+ComfyUI-style model folders."""

@@ -173,10 +173,10 @@ def generate_clip(pipeline: AVPipeline, video_prompt: str, audio_prompt: str | N
     video, audio = sample_av(model, noise_video, noise_audio, positive, negative if guidance.needs_negative else None,
                              anchors if guidance.needs_anchors else None, guidance, steps=steps, solver=solver,
                              shift=shift, callback=callback, progress=progress)
-    return decode_clip(pipeline, video, audio)
+    return latents_to_clip(pipeline, video, audio)
 
 
-def decode_clip(pipeline: AVPipeline, video_latent: torch.Tensor, audio_latent: torch.Tensor) -> GeneratedClip:
+def latents_to_clip(pipeline: AVPipeline, video_latent: torch.Tensor, audio_latent: torch.Tensor) -> GeneratedClip:
     """Latents (video [B, Cv, Fv, Hv, Wv], audio [B, La, Ca]) -> the clips, each sound exactly as long as its
     frames last (cut, or padded with silence), so a batch played clip after clip keeps every sound with its
     frames."""

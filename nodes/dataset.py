@@ -7,7 +7,8 @@ import os
 
 from comfy_api.latest import io
 
-from ..data.av_dataset import VIDEO_EXTENSIONS, AVClipDataset
+from ..data.av_dataset import AVClipDataset
+from ..data.clip_folder import VIDEO_EXTENSIONS
 from ..generation.pipeline import EMBEDDED_CLIP, EMBEDDED_PIXEL_MULTIPLE
 from . import comfy_bridge, comfy_types
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..generation.generate import decode_clip
+from ..generation.generate import latents_to_clip
 from . import comfy_types
 
 
@@ -30,7 +30,7 @@ class SyncAVDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, codecs, latent) -> io.NodeOutput:
-        clip = decode_clip(codecs.pipeline, latent["video"], latent["audio"])
+        clip = latents_to_clip(codecs.pipeline, latent["video"], latent["audio"])
         frames = clip.frames                                              # [B, F, H, W, 3]
         images = frames.reshape(-1, *frames.shape[2:]).contiguous()       # [B * F, H, W, 3]
         audio = {"waveform": clip.waveform.contiguous(), "sample_rate": int(clip.sample_rate_hz)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..data.preview_source import preview_latents
-from ..generation.generate import MAX_SEED, decode_clip
+from ..generation.generate import MAX_SEED, latents_to_clip
 from ..negatives.curriculum import DEFAULT_CURRICULUM, MODES
 from ..negatives.curriculum_choice import ALL_RULES, choose_curriculum
 from ..negatives.preview import preview_negative
@@ -72,7 +72,7 @@ class SyncAVNegatives(io.ComfyNode):
         video, audio, clip_name = preview_latents(codecs, dataset, preview_index)
         preview = preview_negative(spec.curriculum, codecs.video_codec, codecs.audio_codec, video, audio,
                                    preview_progress, seed)
-        clip = decode_clip(codecs.pipeline, preview.negatives.video[:1], preview.negatives.audio[:1])
+        clip = latents_to_clip(codecs.pipeline, preview.negatives.video[:1], preview.negatives.audio[:1])
         preview_audio = {"waveform": clip.waveform.contiguous(), "sample_rate": int(clip.sample_rate_hz)}
         return io.NodeOutput(spec, clip.frames[0].contiguous(), preview_audio,
                              f"{preview.words} | clip: {clip_name}", float(clip.fps))

@@ -92,7 +92,7 @@ def build_ovi_prompt(scene: str, speech: str | Sequence[str] | None = None, soun
     return " ".join(part for part in parts if part)
 
 
-# ------------------------------------------------------------------------------------------------ which model reads what
+# ---------------------------------------------------------------------------------------- which model reads what
 
 @dataclass(frozen=True)
 class PromptSet:

@@ -20,7 +20,8 @@ from comfyui_syncav.files.media_io import downmix_matrix, write_mp4
 from comfyui_syncav.generation.pipeline import AVPipeline, embedded_config
 from comfyui_syncav.text.embedded import TinyTextEncoder
 from comfyui_syncav.data import av_dataset
-from comfyui_syncav.data.av_dataset import AVClipDataset, AVDatasetError, resize_crop
+from comfyui_syncav.data.av_dataset import AVClipDataset, resize_crop
+from comfyui_syncav.data.clip_folder import AVDatasetError
 from comfyui_syncav.bouncebench.clips import make_clip
 from comfyui_syncav.bouncebench.config import BounceBenchConfig, split_seeds
 from comfyui_syncav.bouncebench.export import write_dataset

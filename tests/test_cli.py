@@ -68,7 +68,7 @@ def test_lora_embedded_sync_is_the_shipped_file(tmp_path, monkeypatch, capsys):
 
     def clip(*extra):
         # Decoded, not the file's bytes: the encoders' bitstream is not guaranteed to repeat bit for bit.
-        from comfyui_syncav.data.av_dataset import decode_clip
+        from comfyui_syncav.files.media_io import decode_clip
 
         out = tmp_path / f"clip{len(extra)}.mp4"
         assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",

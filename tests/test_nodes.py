@@ -17,7 +17,7 @@ from comfyui_syncav.model.joint import JointModel
 from comfy_nodes import NODE_CLASSES, info, node, options
 from comfyui_syncav.nodes import comfy_bridge
 from comfyui_syncav.nodes.comfy_types import SyncAVCodecs, joint_model_of
-from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT
+from comfyui_syncav.ovi.checkpoint_choice import EMBEDDED_DEFAULT
 
 STEPS = 3
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
@@ -670,7 +670,7 @@ def test_text_encode_speech_sound_and_clip_on_the_embedded_model(loaded):
 def test_loader_sync_tuned_choice_merges_the_shipped_lora(loaded, tmp_path, monkeypatch):
     from comfyui_syncav.generation import pipeline as pipeline_module
     from comfyui_syncav.runtime.lora import apply_lora, load_lora
-    from comfyui_syncav.nodes.loader import EMBEDDED_SYNC_TUNED
+    from comfyui_syncav.ovi.checkpoint_choice import EMBEDDED_SYNC_TUNED
     from test_cli import _write_random_lora
 
     combo = options("SyncAVLoader", "checkpoint")

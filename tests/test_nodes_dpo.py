@@ -18,7 +18,7 @@ from comfyui_syncav.files.safetensors_io import CheckpointError, load_tensors, r
 from comfy_nodes import NODE_CLASSES, info, node, options
 from comfyui_syncav.nodes import comfy_bridge
 from comfyui_syncav.nodes.dpo_trainer import RUNS_FOLDER
-from comfyui_syncav.nodes.loader import EMBEDDED_DEFAULT
+from comfyui_syncav.ovi.checkpoint_choice import EMBEDDED_DEFAULT
 from comfyui_syncav.nodes.comfy_types import SyncAVNegativeSpec
 from comfyui_syncav.data.preview_source import preview_latents
 from comfyui_syncav.data.av_dataset import AVClipDataset

@@ -24,7 +24,8 @@ from comfyui_syncav.text.embedded import TinyTextEncoder
 from comfy_nodes import run
 from comfyui_syncav.nodes.comfy_types import SyncAVCodecs
 from comfyui_syncav.nodes.dataset import SyncAVDataset
-from comfyui_syncav.data.av_dataset import MAX_CAPTION_BYTES, AVClipDataset, AVDatasetError
+from comfyui_syncav.data.av_dataset import AVClipDataset
+from comfyui_syncav.data.clip_folder import MAX_CAPTION_BYTES, AVDatasetError
 from micro_models import micro_pipeline
 from test_av_dataset import frame_level, write_test_clip
 
