@@ -124,3 +124,13 @@ def test_files_stay_small():
     long = {str(p.relative_to(ROOT)): n for p in product_files()
             if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(ROOT)) not in DATA_TABLES}
     assert not long, f"product files over {MAX_LINES} lines: {long}"
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject lists the packages (the repository root maps onto the import name): a new folder left out of the list
+    would be missing from a wheel, though an editable install still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {PACKAGE} | {f"{PACKAGE}.{layer}" for layer in LAYERS if layer and (ROOT / layer / "__init__.py").is_file()}
+    assert listed == folders
