@@ -87,11 +87,12 @@ def test_lora_embedded_sync_is_the_shipped_file(tmp_path, monkeypatch, capsys):
 
 
 def test_train_default_options_reach_the_recipe():
-    from comfyui_syncav.cli import _default_recipe, build_parser
+    from comfyui_syncav.cli import build_parser
+    from comfyui_syncav.cli.train import default_recipe
 
-    plain = _default_recipe(build_parser().parse_args(["train-default", "--out", "run", "--steps", "10"]))
+    plain = default_recipe(build_parser().parse_args(["train-default", "--out", "run", "--steps", "10"]))
     assert (plain.train.steps, plain.train.lr, plain.loss.noise.shift, plain.data_start_step) == (10, 1e-3, 1.0, 0)
-    continued = _default_recipe(build_parser().parse_args(
+    continued = default_recipe(build_parser().parse_args(
         ["train-default", "--out", "run", "--steps", "20", "--lr", "5e-4", "--data-start-step", "5200",
          "--noise-shift", "3"]))
     assert (continued.train.steps, continued.train.lr, continued.loss.noise.shift, continued.data_start_step) == \
@@ -151,11 +152,11 @@ def test_output_check_lets_good_paths_through_without_writing(tmp_path):
 
 
 def test_os_errors_become_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
-    from comfyui_syncav import cli
+    from comfyui_syncav.cli import entry as cli
 
     def disk_full(args):
         raise OSError(28, "No space left on device", str(tmp_path / "clip.mp4"))
 
-    monkeypatch.setattr(cli, "_convert", disk_full)
+    monkeypatch.setattr(cli, "convert_command", disk_full)
     assert cli.main(["convert", "in.pth", "out.safetensors"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'clip.mp4'}: No space left on device"

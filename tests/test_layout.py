@@ -28,7 +28,7 @@ DATA_TABLES: dict[str, str] = {}     # path -> why it may be longer
 def product_files() -> list[Path]:
     files = [p for p in ROOT.glob("*.py")]
     for layer in LAYERS:
-        if layer and layer != "cli":
+        if layer and (ROOT / layer).is_dir():
             files += sorted((ROOT / layer).rglob("*.py"))
     return files
 

@@ -1,0 +1,39 @@
+"""``train-default``: the embedded default trained on BounceBench (resumable)."""
+
+from __future__ import annotations
+
+
+def default_recipe(args):
+    """The EmbeddedRecipe that ``train-default`` runs with these command-line options; a value the recipe refuses
+    is named by its flag."""
+    from dataclasses import replace
+
+    from ..train.embedded_training import EmbeddedRecipe
+    from ..train.value_rules import named_as
+
+    with named_as(TRAIN_DEFAULT_FLAGS):
+        recipe = replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
+                         data_start_step=args.data_start_step)
+        if args.lr is not None:
+            recipe = replace(recipe, train=replace(recipe.train, lr=args.lr))
+        if args.noise_shift is not None:
+            noise = replace(recipe.loss.noise, shift=args.noise_shift)
+            recipe = replace(recipe, loss=replace(recipe.loss, noise=noise))
+    return recipe
+
+
+# train-default's flags, named in check_embedded_training_args's messages and in the recipe's value errors.
+TRAIN_DEFAULT_FLAGS = {"out_dir": "--out", "init_weights": "--init", "batch_size": "--batch-size", "steps": "--steps",
+                       "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift"}
+
+
+def train_default_command(args) -> int:
+    from ..train.embedded_training import check_embedded_training_args, train_embedded_default
+
+    recipe = default_recipe(args)
+    check_embedded_training_args(args.out, recipe, args.init, names=TRAIN_DEFAULT_FLAGS)
+    result = train_embedded_default(args.out, recipe, init_weights=args.init, resume=not args.no_resume)
+    last = result.state.history[-1] if result.state.history else {}
+    print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; last loss "
+          f"{last.get('loss', float('nan')):.4f}; wrote {args.out}")
+    return 0
