@@ -108,4 +108,4 @@ def build_ovi(args):
     finder = folder_tree_finder(models_dir)
     files = find_variant_files(variant, finder)
     return build_ovi_pipeline(variant, files, device=args.device, codec_device=args.device,
-                              text_encoder_files=find_text_encoder_files(finder), blocks_on_gpu=args.blocks_on_gpu)
+                              text_encoder_files=find_text_encoder_files(finder), blocks_on_gpu=getattr(args, "blocks_on_gpu", None))

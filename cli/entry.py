@@ -1,5 +1,5 @@
 """Command line: ``python -m comfyui_syncav generate --prompt TEXT --seconds S --out clip.mp4``; also ``bouncebench``,
-``train-default``, ``eval`` (sync and quality on BounceBench, a JSON report), ``convert`` (a published .pth
+``train-default``, ``train-dpo`` (a sync LoRA on your clips), ``eval`` (sync and quality on BounceBench, a JSON report), ``convert`` (a published .pth
 checkpoint to safetensors) and ``run`` (a workflow on a ComfyUI server, headless). The parser and the exit codes
 live here; each command in its module."""
 
@@ -12,6 +12,7 @@ import sys
 from .common import OVI_VARIANT_KEYS, add_lora_args, add_stream_sync_args, block_list_arg, interval_arg
 from .generate import generate_command
 from .train import train_default_command
+from .train_dpo import add_train_dpo_arguments, train_dpo_command
 from .evaluate import bouncebench_command, eval_command
 from .tools import convert_command, run_command
 
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timestep shift of the training noise levels (default: the recipe's 1; 3 trains the "
                          "high-noise steps where the sampler decides the motion, docs/training.md)")
 
+    add_train_dpo_arguments(commands)
+
     ev = commands.add_parser("eval", help="evaluate sync and quality on a benchmark (writes a JSON report)")
     ev.add_argument("--bench", choices=("bouncebench",), default="bouncebench")
     ev.add_argument("--split", choices=("train", "val", "test"), default="val")
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return bouncebench_command(args)
         if args.command == "train-default":
             return train_default_command(args)
+        if args.command == "train-dpo":
+            return train_dpo_command(args)
         if args.command == "eval":
             return eval_command(args)
         if args.command == "convert":

@@ -49,19 +49,23 @@ def check_dataset(dataset, video_codec, audio_codec, model) -> AVClipDataset:
     return dataset
 
 
+NODE_INPUTS = {"output_name": "output_name", "rank": "rank", "lora_towers": "lora_towers", "resume": "resume"}
+
+
 def check_run_folder(run_dir: str | os.PathLike, output_name: str, lora: LoraSpec, resume: bool,
-                     published_lora: str | os.PathLike | None = None) -> None:
+                     published_lora: str | os.PathLike | None = None, names=NODE_INPUTS) -> None:
     """May a run named ``output_name`` start (resume off) or continue (resume on) in ``run_dir``?
 
     Resume off never overwrites a run: refused while its checkpoint or its ``published_lora`` exists. Resume on
     needs the LoRA shape the run was started with (read from its LoRA file; an unreadable spec is left to the
-    loop's own checks).
+    loop's own checks). ``names``: what the front end calls output_name, rank, lora_towers and resume.
     """
     if not resume:
         published = published_lora is not None and os.path.exists(published_lora)
         if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)) or published:
-            raise FileExistsError(f"output_name: a run named {output_name!r} already exists; turn resume on to "
-                                  "continue it or choose another output_name (resume off never overwrites a run)")
+            raise FileExistsError(f"{names['output_name']}: a run named {output_name!r} already exists; turn "
+                                  f"{names['resume']} on to continue it or choose another {names['output_name']} "
+                                  f"({names['resume']} off never overwrites a run)")
         return
     previous = os.path.join(run_dir, LORA_FILE)
     if not os.path.isfile(previous):
@@ -71,13 +75,15 @@ def check_run_folder(run_dir: str | os.PathLike, output_name: str, lora: LoraSpe
     except Exception:  # noqa: BLE001 - an unreadable spec is left to the loop's own checks
         return
     if saved.rank != lora.rank:
-        raise ValueError(f"rank: the run {output_name!r} was started with rank {saved.rank} (targets "
-                         f"{', '.join(saved.targets)}), received rank {lora.rank}; set rank to {saved.rank} to resume "
-                         f"it, turn resume off with another output_name to start a new run")
+        raise ValueError(f"{names['rank']}: the run {output_name!r} was started with rank {saved.rank} (targets "
+                         f"{', '.join(saved.targets)}), received rank {lora.rank}; set {names['rank']} to "
+                         f"{saved.rank} to resume it, turn {names['resume']} off with another "
+                         f"{names['output_name']} to start a new run")
     if saved != lora:
-        raise ValueError(f"lora_towers: the run {output_name!r} was started with a LoRA on "
+        raise ValueError(f"{names['lora_towers']}: the run {output_name!r} was started with a LoRA on "
                          f"{towers_choice(saved.towers)}, received {towers_choice(lora.towers)}; set it back to "
-                         "resume the run, turn resume off with another output_name to start a new run")
+                         f"resume the run, turn {names['resume']} off with another {names['output_name']} to start "
+                         "a new run")
 
 
 def check_text_encoder(text_encoder, model) -> None:
