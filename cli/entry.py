@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    peer_lost = ()       # nothing to catch, and no torch import, outside train-dpo
+    if args.command == "train-dpo":
+        from ..train.distributed import PeerLost as peer_lost
     try:
         if args.command == "generate":
             return generate_command(args)
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             return convert_command(args)
         if args.command == "run":
             return run_command(args)
+    except peer_lost as error:   # one process of a torchrun run stopped: the others stop with this line
+        print(f"error: {error}; resume from the last checkpoint with the same command", file=sys.stderr)
+        return 1
     except ValueError as error:  # bad input: one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -22,6 +22,12 @@ CACHE_SUBFOLDER = ".syncav_cache"          # the SyncAV AV Dataset node's too: o
 SCORED_PAIRS_SUBFOLDER = "scored_pairs"
 
 
+def world_is_main() -> bool:
+    from ..train.distributed import current_world
+
+    return current_world().is_main
+
+
 def add_train_dpo_arguments(commands) -> None:
     p = commands.add_parser("train-dpo", help="post-train a sync LoRA (DPO) on a clip folder or on BounceBench")
     p.add_argument("--model", default="embedded", choices=("embedded",) + OVI_VARIANT_KEYS,
@@ -97,7 +103,8 @@ def _clip_batches(args, pipeline, batch_size: int):
     cache_dir = args.cache_dir or os.path.join(args.data, CACHE_SUBFOLDER)
     dataset = AVClipDataset.from_pipeline(args.data, pipeline, seconds, size, cache_dir=cache_dir,
                                           device=args.device, progress=True)
-    print(dataset.summary())
+    if world_is_main():
+        print(dataset.summary())
     return check_dataset(dataset, pipeline.video_codec, pipeline.audio_codec, pipeline.model).batch_source(batch_size)
 
 
@@ -110,20 +117,46 @@ def _scored_pairs(args, pipeline, batch_size: int):
     captions = make_batch(split_seeds("train", args.prompts), STANDARD)[2]
     pairs = build_scored_pairs(pipeline, captions, ScoredPairsConfig(seed=args.seed),
                                cache_dir=os.path.join(args.out, SCORED_PAIRS_SUBFOLDER))
-    print(f"{len(pairs)} scored pairs from {len(captions)} captions")
+    if world_is_main():
+        print(f"{len(pairs)} scored pairs from {len(captions)} captions")
     return pairs.batches(batch_size)
 
 
 def train_dpo_command(args) -> int:
+    """One process, or one rank of ``torchrun --nproc-per-node N -m comfyui_syncav train-dpo ...``."""
+    from ..train import distributed
+
+    world = distributed.init_from_environment(args.device)
+    try:
+        return _train(args, world)
+    finally:
+        distributed.shutdown()
+
+
+def _first_on_rank_0(world, make, what: str):
+    """``make()`` on rank 0 first (it writes a cache), then on the other ranks (they read it)."""
+    from ..train.distributed import barrier
+
+    if not world.is_main:
+        barrier(f"waiting for rank 0 to build {what}")
+    made = make()
+    if world.is_main:
+        barrier(f"handing {what} to the other ranks")
+    return made
+
+
+def _train(args, world) -> int:
     from ..files.atomic import check_output_path
     from ..generation.generate import resolve_device
     from ..generation.pipeline import build_embedded_default
+    from ..train.distributed import local_device
     from ..train.dpo_inputs import check_run_folder, check_text_encoder
     from ..train.dpo_training import train_dpo
 
     # Everything that can be checked without the model, before it is loaded (an Ovi load takes minutes).
     config = _training_config(args)
-    resolve_device(args.device, "--device")
+    args.device = str(local_device(resolve_device(args.device, "--device")))
+    world.shard(config.batch_size)                   # at least one row per process
     if args.pairs == "scored" and args.data is not None:
         raise ValueError("--pairs scored: the pairs are scored against BounceBench's captions (their balls and "
                          "sounds); with --data use --pairs negatives")
@@ -144,11 +177,14 @@ def train_dpo_command(args) -> int:
     check_text_encoder(pipeline.text_encoder, pipeline.model)
     batches = pairs = None
     if args.pairs == "scored":
-        pairs = _scored_pairs(args, pipeline, config.batch_size)
+        pairs = _first_on_rank_0(world, lambda: _scored_pairs(args, pipeline, config.batch_size), "the scored pairs")
     elif args.data is not None:
-        batches = _clip_batches(args, pipeline, config.batch_size)
-    result = train_dpo(pipeline, args.out, config, batches=batches, pairs=pairs, resume=args.resume, progress=True)
-    last = result.state.history[-1] if result.state.history else {}
-    print(f"trained {result.state.step} steps ({config.objective}); last loss {last.get('loss', float('nan')):.4f}; "
-          f"wrote {result.lora_path} and {result.curves_path}")
+        batches = _first_on_rank_0(world, lambda: _clip_batches(args, pipeline, config.batch_size), "the latent cache")
+    result = train_dpo(pipeline, args.out, config, batches=batches, pairs=pairs, resume=args.resume,
+                       progress=world.is_main)
+    if world.is_main:
+        last = result.state.history[-1] if result.state.history else {}
+        ranks = f" on {world.size} processes" if world.size > 1 else ""
+        print(f"trained {result.state.step} steps ({config.objective}){ranks}; last loss "
+              f"{last.get('loss', float('nan')):.4f}; wrote {result.lora_path} and {result.curves_path}")
     return 0

@@ -21,6 +21,10 @@ class AVBatch(NamedTuple):
     def to(self, device) -> "AVBatch":
         return AVBatch(*(None if t is None else t.to(device) for t in self))
 
+    def take(self, rows: slice) -> "AVBatch":
+        """The rows ``rows`` of every field."""
+        return AVBatch(*(None if t is None else t[rows] for t in self))
+
 
 class PreferenceBatch(NamedTuple):
     """A batch of pairs for the training loop: row i of ``winner`` is preferred to row i of ``loser``."""

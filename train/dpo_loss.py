@@ -33,6 +33,7 @@ from torch import nn
 
 from ..runtime.lora import disabled_adapters
 from ..model.batch import AVBatch
+from .distributed import RowShard, row_mean
 from .flow_loss import flow_matching_error
 from .noise_mix import NoiseDraw, NoiseMix, draw_noise, noised, task_rows
 from .value_rules import positive_or_none
@@ -138,9 +139,9 @@ def _check_pair(winner: AVBatch, loser: AVBatch) -> None:
         if w.shape != l.shape:
             raise ValueError(f"av_dpo_loss: winner and loser {stream} latents must have the same shape (they share "
                              f"the noise), got {list(w.shape)} and {list(l.shape)}")
-    for field in ("text_video_lengths", "text_audio_lengths"):
-        if (getattr(winner, field) is None) != (getattr(loser, field) is None):
-            raise ValueError(f"av_dpo_loss: {field} must be given for both winner and loser or for neither")
+    for lengths in ("text_video_lengths", "text_audio_lengths"):
+        if (getattr(winner, lengths) is None) != (getattr(loser, lengths) is None):
+            raise ValueError(f"av_dpo_loss: {lengths} must be given for both winner and loser or for neither")
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -182,8 +183,8 @@ ReferenceContext = Callable[[nn.Module], AbstractContextManager]
 
 
 def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: torch.Generator, cfg: DPOConfig,
-                reference_context: ReferenceContext = disabled_adapters, rules: Sequence[str] | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                reference_context: ReferenceContext = disabled_adapters, rules: Sequence[str] | None = None,
+                shard: RowShard | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """DPO loss of a batch of pairs (row i of ``winner`` preferred to row i of ``loser``). Returns (loss, logs).
 
     loss = sum over modalities m of  weight_m * mean_joint(L_m) + lambda_m * mean_driven_m(L_m)
@@ -194,12 +195,19 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
     first, under no_grad, in one forward of 2B rows, then the policy in another.
     rules: [B] the rule that made each loser; adds ``rule/<name>/<modality>_accuracy`` and ``..._reward_margin``
     for the rules present in this batch.
+    shard: compute only these pairs (one process of several): the noise of the whole batch is drawn, the model runs
+    on the shard's pairs, the loss is this rank's share of the whole batch's (the shares add up to it) and the logs
+    are of its own pairs.
     """
     _check_pair(winner, loser)
     b = winner.video.shape[0]
     if rules is not None and len(rules) != b:
         raise ValueError(f"av_dpo_loss: rules must name one rule per row ({b}), got {len(rules)}")
     noise = draw_noise(winner, cfg.noise, generator)
+    shard = shard or RowShard(0, b, b)
+    if not shard.whole:
+        winner, loser, noise = winner.take(shard.rows), loser.take(shard.rows), noise.take(shard.rows)
+        rules = None if rules is None else list(rules)[shard.rows]
     # Reference first: toggling adapters then cannot interfere with the policy's autograd graph.
     with torch.no_grad(), reference_context(model):
         ref = paired_errors(model, winner, loser, noise)
@@ -209,16 +217,16 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
     # driven rows where it is the noisy stream; the driving stream (clean, sigma 0) has nothing to denoise.
     n_joint, n_video_task, _ = task_rows(b, cfg.noise.driven_fraction)
     device = policy.video_winner.device
-    row = torch.arange(b, device=device)
+    row = torch.arange(shard.start, shard.stop, device=device)       # the pairs' places in the whole batch
     joint = row < n_joint
     driven = {"video": (row >= n_joint) & (row < n_joint + n_video_task), "audio": row >= n_joint + n_video_task}
     scored = {m: joint | driven[m] for m in MODALITIES}
+    counts = {"joint": n_joint, "video": n_video_task, "audio": b - n_joint - n_video_task}
     betas = cfg.betas(model.config)
     weights = {"video": cfg.weight_video, "audio": cfg.weight_audio}
     lambdas = {"video": cfg.noise.lambda_video, "audio": cfg.noise.lambda_audio}
     driven_name = {"video": "audio_driven_video", "audio": "video_driven_audio"}
     zero = policy.video_winner.new_zeros(())
-    mean = lambda x, rows: x[rows].mean() if rows.any() else zero  # noqa: E731
 
     loss = zero
     logs: dict[str, float] = {}
@@ -227,8 +235,9 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
         err_w, err_l = getattr(policy, f"{m}_winner"), getattr(policy, f"{m}_loser")
         ref_w, ref_l = getattr(ref, f"{m}_winner"), getattr(ref, f"{m}_loser")
         rows_loss, _ = dpo_loss(err_w, err_l, ref_w, ref_l, betas[m])
-        joint_term, driven_term = mean(rows_loss, joint), mean(rows_loss, driven[m])
-        winner_error = mean(err_w, scored[m])
+        joint_term = row_mean(rows_loss, joint, counts["joint"], shard)
+        driven_term = row_mean(rows_loss, driven[m], counts[m], shard)
+        winner_error = row_mean(err_w, scored[m], counts["joint"] + counts[m], shard)
         loss = loss + weights[m] * joint_term + lambdas[m] * driven_term
         if cfg.sft_weight:
             loss = loss + cfg.sft_weight * weights[m] * winner_error

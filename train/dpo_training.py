@@ -46,6 +46,7 @@ from . import objectives
 from .dpo_loss import DPOConfig
 from .flow_loss import FlowLossConfig
 from .loop import CHECKPOINT_NAME, LossFn, TrainConfig, TrainState, train
+from .distributed import RowShard, current_world
 from .plot import render_curves, write_png
 from .value_rules import fraction, one_of, whole
 from ..negatives.build import build_negatives
@@ -207,14 +208,14 @@ def _winners_on(winners: WinnerFn, device: torch.device | None) -> WinnerFn:
 
 # ------------------------------------------------------------------------------------------------ loss
 
-def make_loss_fn(config: DPOTrainingConfig) -> LossFn:
+def make_loss_fn(config: DPOTrainingConfig, shard: RowShard | None = None) -> LossFn:
     """The loop's loss for ``config.objective`` (``objectives.make_loss_fn`` of ``config.loss_config()``).
 
     dpo: batch is a ``PreferenceBatch``; logs add ``rule/<rule>/share`` for every rule of the curriculum.
-    sft: batch is the winners' ``AVBatch``.
+    sft: batch is the winners' ``AVBatch``. shard: the rows this process computes (one of several).
     """
     rule_names = {choice.rule for stage in config.curriculum.effective_stages for choice in stage.rules}
-    return objectives.make_loss_fn(config.loss_config(), rule_names=rule_names)
+    return objectives.make_loss_fn(config.loss_config(), rule_names=rule_names, shard=shard)
 
 
 # ------------------------------------------------------------------------------------------------ curves
@@ -296,6 +297,8 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     stops training with a resumable checkpoint and the LoRA of the last completed step.
     publish_lora_to: a second place the LoRA is written to every time it is (e.g. the folder ComfyUI lists LoRAs
     from), so that copy follows the checkpoint even when the process is killed outright.
+    Under torchrun (``distributed``) every rank calls this with the same arguments: each computes its share of a
+    step's rows, rank 0 writes every file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,23 +321,25 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
                                      config.steps, device)
     else:
         make_batch = _winners_on(batches, device)
-    loss_fn = make_loss_fn(config)
+    world = current_world()
+    loss_fn = make_loss_fn(config, world.shard(config.batch_size) if world.size > 1 else None)
     meta = {"objective": config.objective, "steps": str(config.steps), "training_config": config.to_json()}
 
     def export(step: int, history: list[dict]) -> np.ndarray:
-        save_lora(model, lora_path, {**meta, "step": str(step)})
-        if publish_lora_to is not None:
-            save_lora(model, publish_lora_to, {**meta, "step": str(step)})
-        write_text_atomic(history_path, json.dumps(history))
         curves = render_training_curves(history, config.objective)
-        write_png(curves_path, curves)
+        if world.is_main:
+            save_lora(model, lora_path, {**meta, "step": str(step)})
+            if publish_lora_to is not None:
+                save_lora(model, publish_lora_to, {**meta, "step": str(step)})
+            write_text_atomic(history_path, json.dumps(history))
+            write_png(curves_path, curves)
         return curves
 
     completed = {"step": None}       # the last step this call completed (None: none yet)
 
     def on_step(step: int, logs: dict) -> None:
         completed["step"] = step
-        if step % config.save_every == 0:
+        if step % config.save_every == 0 and world.is_main:
             # The loop has just written its checkpoint for this step: its history is the one to export.
             export(step, json.loads(read_header(checkpoint)[1].get("history", "[]")))
         if callback is not None:
@@ -351,7 +356,7 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
             # checkpoint holds that very step (a failed checkpoint write leaves the older one, and the LoRA file must
             # not run ahead of it). A failure before any step leaves every file as it was: it may be the load of
             # that very checkpoint.
-            if completed["step"] is not None:
+            if completed["step"] is not None and world.is_main:
                 try:
                     _, header = read_header(checkpoint)
                     if int(header["step"]) == completed["step"]:

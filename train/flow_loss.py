@@ -13,6 +13,7 @@ import torch
 
 from ..model.batch import AVBatch
 from ..model.joint import JointModel
+from .distributed import RowShard, row_mean
 from .noise_mix import HARMONY_MIX, NoiseMix, draw_noise, noised, task_rows
 
 
@@ -38,12 +39,19 @@ def flow_matching_error(velocity_pred: torch.Tensor, velocity_target: torch.Tens
     return error.square().flatten(1).mean(dim=1)
 
 
-def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, cfg: FlowLossConfig
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One forward of the joint model on a batch, partitioned into the three tasks. Returns (loss, logs)."""
+def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, cfg: FlowLossConfig,
+                 shard: RowShard | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One forward of the joint model on a batch, partitioned into the three tasks. Returns (loss, logs).
+
+    shard: compute only these rows of the batch (one process of several): the noise of the whole batch is drawn,
+    the model runs on the shard's rows, and the loss is this rank's share of the whole batch's (the shares add up
+    to it); its logs are of its own rows."""
     b = batch.video.shape[0]
     n_joint, n_video_task, _ = task_rows(b, cfg.noise.driven_fraction)
     draw = draw_noise(batch, cfg.noise, generator)
+    shard = shard or RowShard(0, b, b)
+    if not shard.whole:
+        batch, draw = batch.take(shard.rows), draw.take(shard.rows)
     sv, sa = draw.sigma_video, draw.sigma_audio
     x_video, target_video = noised(batch.video, draw.noise_video, sv)
     x_audio, target_audio = noised(batch.audio, draw.noise_audio, sa)
@@ -54,13 +62,14 @@ def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, 
     err_video = flow_matching_error(pred_video, target_video, sv, model.config)
     err_audio = flow_matching_error(pred_audio, target_audio, sa, model.config)
 
-    joint = slice(0, n_joint)
-    video_task = slice(n_joint, n_joint + n_video_task)
-    audio_task = slice(n_joint + n_video_task, b)
-    zero = err_video.new_zeros(())
-    mean = lambda e, rows: e[rows].mean() if e[rows].numel() else zero  # noqa: E731
-    joint_video, joint_audio = mean(err_video, joint), mean(err_audio, joint)
-    driven_video, driven_audio = mean(err_video, video_task), mean(err_audio, audio_task)
+    row = torch.arange(shard.start, shard.stop, device=err_video.device)       # the rows' places in the batch
+    joint = row < n_joint
+    video_task = (row >= n_joint) & (row < n_joint + n_video_task)
+    audio_task = row >= n_joint + n_video_task
+    n_audio_task = b - n_joint - n_video_task
+    joint_video, joint_audio = row_mean(err_video, joint, n_joint, shard), row_mean(err_audio, joint, n_joint, shard)
+    driven_video = row_mean(err_video, video_task, n_video_task, shard)
+    driven_audio = row_mean(err_audio, audio_task, n_audio_task, shard)
     loss = (cfg.weight_video * joint_video + cfg.weight_audio * joint_audio
             + cfg.noise.lambda_video * driven_video + cfg.noise.lambda_audio * driven_audio)
     logs = {name: float(value.detach()) for name, value in (

@@ -11,6 +11,8 @@ What it guarantees:
   Kill -9 cannot be caught: the last checkpoint written (every ``save_every`` steps) is what a resume starts from.
 * **Only trainable parameters** (``requires_grad``) are optimised, saved and averaged: freezing a tower or training
   LoRA adapters is a matter of what the caller leaves trainable.
+* **Several processes are one run** (``torchrun``, ``distributed``): each rank's loss is its share of the step's
+  batch, their gradients are summed before the step, rank 0 alone writes checkpoints and shows progress.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 
 from ..runtime.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
 from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
+from .distributed import all_reduce_grads, all_reduce_sum, current_world
 from .value_rules import one_of, positive, whole
 
 log = logging.getLogger(__name__)
@@ -227,11 +230,14 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
             log.warning("train: resuming at step %d without MKL's reproducible mode (%s): the run will match a "
                         "straight one closely, not bit for bit", state.step, reproducible_blas_status())
 
+    world = current_world()
+
     def save() -> None:
-        save_train_state(checkpoint, params, optimizer, ema, state, cfg)
+        if world.is_main:       # every rank holds the same state: one writes it
+            save_train_state(checkpoint, params, optimizer, ema, state, cfg)
 
     bar = None
-    if progress and state.step < cfg.steps:
+    if progress and world.is_main and state.step < cfg.steps:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=state.step, desc="training", dynamic_ncols=True)
     window: list[dict] = []
@@ -249,10 +255,14 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
                 optimizer.zero_grad(set_to_none=True)
                 with autocast:
                     loss, logs = loss_fn(model, batch, generator)
+                loss.backward()
+                if world.size > 1:          # this rank's share of the batch: the sums are the whole batch's
+                    all_reduce_grads(params)
+                    loss = all_reduce_sum(loss)
+                    logs = {**logs, "loss": float(loss)}
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"train: loss became {float(loss)} at step {step}; the last good state "
                                              f"is in {checkpoint}")
-                loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
                 optimizer.step()
                 if ema is not None:

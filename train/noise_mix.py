@@ -81,6 +81,10 @@ class NoiseDraw(NamedTuple):
     noise_video: torch.Tensor   # [B, Cv, F, H, W]
     noise_audio: torch.Tensor   # [B, La, Ca]
 
+    def take(self, rows: slice) -> "NoiseDraw":
+        """The draws of the rows ``rows``."""
+        return NoiseDraw(*(t[rows] for t in self))
+
 
 def draw_noise(batch: AVBatch, mix: NoiseMix, generator: torch.Generator) -> NoiseDraw:
     """One noise level per modality per row (``sample_task_sigmas``), then one noise per row, in that order from
