@@ -109,14 +109,19 @@ def _clip_batches(args, pipeline, batch_size: int):
 
 
 def _scored_pairs(args, pipeline, batch_size: int):
-    """V2A-DPO pairs: the model's own samples of BounceBench train captions, best against worst (cached in --out)."""
+    """V2A-DPO pairs: the model's own samples of BounceBench train captions, best against worst (cached in --out);
+    under torchrun every rank samples its share of them."""
     from ..bouncebench.clips import make_batch
     from ..bouncebench.config import STANDARD, split_seeds
-    from ..data.scored_pairs import ScoredPairsConfig, build_scored_pairs
+    from ..data.scored_pairs import JobShare, ScoredPairsConfig, build_scored_pairs
+    from ..train.distributed import all_gather_objects, current_world
 
     captions = make_batch(split_seeds("train", args.prompts), STANDARD)[2]
+    world = current_world()
+    share = JobShare(world.rank, world.size, all_gather_objects) if world.size > 1 else None
     pairs = build_scored_pairs(pipeline, captions, ScoredPairsConfig(seed=args.seed),
-                               cache_dir=os.path.join(args.out, SCORED_PAIRS_SUBFOLDER))
+                               cache_dir=os.path.join(args.out, SCORED_PAIRS_SUBFOLDER), progress=world.is_main,
+                               share=share)
     if world_is_main():
         print(f"{len(pairs)} scored pairs from {len(captions)} captions")
     return pairs.batches(batch_size)
@@ -177,7 +182,7 @@ def _train(args, world) -> int:
     check_text_encoder(pipeline.text_encoder, pipeline.model)
     batches = pairs = None
     if args.pairs == "scored":
-        pairs = _first_on_rank_0(world, lambda: _scored_pairs(args, pipeline, config.batch_size), "the scored pairs")
+        pairs = _scored_pairs(args, pipeline, config.batch_size)      # every rank samples its share
     elif args.data is not None:
         batches = _first_on_rank_0(world, lambda: _clip_batches(args, pipeline, config.batch_size), "the latent cache")
     result = train_dpo(pipeline, args.out, config, batches=batches, pairs=pairs, resume=args.resume,

@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -230,9 +230,35 @@ def sample_seed(seed: int, prompt_index: int, k: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+@dataclass(frozen=True)
+class JobShare:
+    """One process's share of the sampling when several build the same pairs (``torchrun``): it samples every
+    ``size``-th (prompt, k) from ``rank``, and ``gather(obj)`` returns every process's ``obj`` (rank order)."""
+
+    rank: int
+    size: int
+    gather: Callable[[object], list]
+
+
+def _merge_extremes(shares: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Each prompt's best and worst over the processes' shares, with the one-process ties: the best is the first
+    (lowest k) of the highest score, the worst the last (highest k) of the lowest."""
+    best: dict = {}
+    worst: dict = {}
+    for share_best, share_worst in shares:
+        for i, entry in share_best.items():
+            if i not in best or (entry[0], -entry[1]) > (best[i][0], -best[i][1]):
+                best[i] = entry
+        for i, entry in share_worst.items():
+            if i not in worst or (entry[0], -entry[1]) < (worst[i][0], -worst[i][1]):
+                worst[i] = entry
+    return best, worst
+
+
 def _sample_rows(pipeline, config: ScoredPairsConfig, prompts: list[str], text: EncodedText,
-                 negative: EncodedText, video_shape, audio_shape, progress: bool):
-    """Sample, decode and score every (prompt, k); keep each prompt's best and worst latents."""
+                 negative: EncodedText, video_shape, audio_shape, progress: bool, share: JobShare | None = None):
+    """Sample, decode and score every (prompt, k) (with ``share``: this process's every ``share.size``-th, the
+    results then gathered from all); keep each prompt's best and worst latents."""
     model = pipeline.model
     parameter = next(model.parameters())
     device = parameter.device
@@ -243,6 +269,8 @@ def _sample_rows(pipeline, config: ScoredPairsConfig, prompts: list[str], text: 
     negative_pair = (negative, negative) if guidance.needs_negative else None
     k_count = config.samples_per_prompt
     jobs = [(i, k) for i in range(len(prompts)) for k in range(k_count)]
+    if share is not None:
+        jobs = jobs[share.rank::share.size]
     fps, rate = pipeline.video_codec.fps, pipeline.audio_codec.sample_rate
     one_video, one_audio = (1, *video_shape[1:]), (1, *audio_shape[1:])
 
@@ -283,6 +311,12 @@ def _sample_rows(pipeline, config: ScoredPairsConfig, prompts: list[str], text: 
     finally:
         if bar is not None:
             bar.close()
+    if share is not None:
+        gathered = share.gather((scores, details, best, worst))
+        scores = sum(part[0] for part in gathered)          # each (prompt, k) was scored by one process
+        details = [[next(part[1][i][k] for part in gathered if part[1][i][k] is not None) for k in range(k_count)]
+                   for i in range(len(prompts))]
+        best, worst = _merge_extremes([(part[2], part[3]) for part in gathered])
 
     order = range(len(prompts))
     stack = lambda chosen, part: torch.stack([chosen[i][part] for i in order])  # noqa: E731
@@ -299,13 +333,15 @@ def _sample_rows(pipeline, config: ScoredPairsConfig, prompts: list[str], text: 
 
 
 def build_scored_pairs(pipeline, prompts: Sequence[str], config: ScoredPairsConfig | None = None,
-                       cache_dir: str | Path | None = None, progress: bool = True) -> ScoredPairs:
+                       cache_dir: str | Path | None = None, progress: bool = True,
+                       share: JobShare | None = None) -> ScoredPairs:
     """Sample K clips per prompt with the pipeline's current model, score them, pair best against worst.
 
     pipeline: an ``AVPipeline`` (model, codecs, text encoder). prompts: P non-empty strings (each the video and the
     audio prompt). config: ``ScoredPairsConfig``. cache_dir: where ``pairs.safetensors`` is kept; a cache made for
     the same prompts, config (``min_gap`` aside) and weights is loaded instead of sampling (None: no cache).
-    progress: a tqdm bar over the samples.
+    progress: a tqdm bar over the samples. share: this process's share when several processes build the same pairs
+    (each samples its share, all get every pair; rank 0 writes the cache).
 
     Returns ``ScoredPairs``: the pairs reaching ``min_gap``, largest gap first. Raises ValueError for an empty prompt
     list or a blank prompt, and when no pair reaches ``min_gap`` (the message gives the largest gap).
@@ -339,7 +375,8 @@ def build_scored_pairs(pipeline, prompts: Sequence[str], config: ScoredPairsConf
             store, details = cached
             return _assemble(store, prompts, details, config, model_name, True, path)
 
-        store, details = _sample_rows(pipeline, config, prompts, text, negative, video_shape, audio_shape, progress)
-        if path is not None:
+        store, details = _sample_rows(pipeline, config, prompts, text, negative, video_shape, audio_shape, progress,
+                                      share)
+        if path is not None and (share is None or share.rank == 0):
             save_cache(path, store, details, key, fingerprint, prompts, config, pipeline)
         return _assemble(store, prompts, details, config, model_name, False, path)

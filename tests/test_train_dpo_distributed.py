@@ -132,3 +132,19 @@ def test_a_killed_rank_stops_the_others_with_a_message_instead_of_a_hang(tmp_pat
     step = checkpoint_step(out)
     assert step >= 2
     load_lora(out / "lora.safetensors")                               # every file it left loads
+
+
+def test_scored_pairs_sampled_on_two_processes_are_the_one_process_pairs(tmp_path):
+    """Each rank samples every other (caption, k); the gathered pairs are the same as one process's, bit for bit
+    (MKL's reproducible mode makes a row independent of its batch), and so is training on them, within tolerance."""
+    from comfyui_syncav.files.safetensors_io import load_tensors
+
+    scored = ("--pairs", "scored", "--prompts", "3")
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(one, 1, 1, *scored)
+    done = run(two, 1, 2, *scored)
+    assert "scored pairs from 3 captions" in done.stdout
+    first = load_tensors(one / "scored_pairs" / "pairs.safetensors")
+    second = load_tensors(two / "scored_pairs" / "pairs.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert max_difference(one, two) < TOLERANCE

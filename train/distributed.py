@@ -136,6 +136,16 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def all_gather_objects(value) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; one process: ``[value]``."""
+    world = current_world()
+    if world.size == 1:
+        return [value]
+    gathered = [None] * world.size
+    _collective("gathering the ranks' results", lambda: dist.all_gather_object(gathered, value))
+    return gathered
+
+
 def barrier(what: str) -> None:
     """Wait for every rank (one process: return at once)."""
     if current_world().size > 1:
