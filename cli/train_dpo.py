@@ -63,6 +63,11 @@ def add_train_dpo_arguments(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the run (noise, negatives, LoRA init)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue the run in --out (default); --no-resume refuses a folder that holds one")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block in the backward pass instead of keeping its activations (less memory)")
+    p.add_argument("--shard-base", action="store_true",
+                   help="under torchrun: shard the frozen base model over the processes (FSDP2), for a model too "
+                        "large for one device")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
 
 
@@ -89,7 +94,7 @@ def _training_config(args):
             dpo=DPOConfig(beta_video=args.beta_video, beta_audio=args.beta_audio,
                           noise=NoiseMix(shift=args.noise_shift)),
             curriculum=curriculum, objective=args.objective, save_every=args.save_every, log_every=log_every,
-            warmup_steps=warmup_steps, seed=args.seed)
+            warmup_steps=warmup_steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
 
 
 def _clip_batches(args, pipeline, batch_size: int):
@@ -186,10 +191,11 @@ def _train(args, world) -> int:
     elif args.data is not None:
         batches = _first_on_rank_0(world, lambda: _clip_batches(args, pipeline, config.batch_size), "the latent cache")
     result = train_dpo(pipeline, args.out, config, batches=batches, pairs=pairs, resume=args.resume,
-                       progress=world.is_main)
+                       progress=world.is_main, shard_base=args.shard_base)
     if world.is_main:
         last = result.state.history[-1] if result.state.history else {}
         ranks = f" on {world.size} processes" if world.size > 1 else ""
+        ranks += ", frozen base sharded" if args.shard_base and world.size > 1 else ""
         print(f"trained {result.state.step} steps ({config.objective}){ranks}; last loss "
               f"{last.get('loss', float('nan')):.4f}; wrote {result.lora_path} and {result.curves_path}")
     return 0

@@ -70,6 +70,20 @@ def test_two_processes_train_the_one_process_lora(one_process, tmp_path):
     assert checkpoint_step(out) == 4
 
 
+def test_the_frozen_base_sharded_over_two_processes_trains_the_same_lora(one_process, tmp_path):
+    """FSDP2 on the frozen base (each rank holds half of it and gathers a layer for its forward and recomputation):
+    the adapters, whole on every rank, train as on one process."""
+    import re
+
+    out = tmp_path / "sharded"
+    done = run(out, 4, 2, "--shard-base", "--gradient-checkpointing")
+    assert "frozen base sharded" in done.stdout
+    held, whole = (int(n) for n in re.search(r"sharded over 2 ranks: (\d+) of (\d+) parameters on rank 0",
+                                              done.stdout + done.stderr).groups())
+    assert 0.45 * whole < held < 0.55 * whole                    # measured: 1,658,800 of 3,310,944
+    assert max_difference(one_process, out) < TOLERANCE
+
+
 def start(out: Path, steps: int, processes: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command(out, steps, processes, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=environment(), start_new_session=True)

@@ -9,7 +9,9 @@ Data parallel for LoRA training, built on ``torch.distributed`` (gloo on CPUs, N
   (``all_reduce_grads``) are the one-process gradient up to summation order; every rank then takes the same
   optimizer step, and the replicated LoRA stays identical;
 * rank 0 alone writes checkpoints and exports; every rank reads a checkpoint, so a run resumes on any world size;
-* a rank that stops (killed, failed) makes the others' next collective fail: they stop with ``PeerLost``.
+* a rank that stops (killed, failed) makes the others' next collective fail: they stop with ``PeerLost``;
+* optionally the frozen base is sharded over the ranks with FSDP2 (``shard_frozen_base``): each holds 1/N of it and
+  gathers a layer's weights for the moment it computes, so a model too large for one device trains on several.
 """
 
 from __future__ import annotations
@@ -112,6 +114,23 @@ def _collective(what: str, call):
     except (RuntimeError, dist.DistBackendError) as error:
         raise PeerLost(f"rank {current_world().rank}: {what} failed, another process of the run stopped "
                        f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+
+
+def shard_frozen_base(model: torch.nn.Module) -> tuple[int, int]:
+    """Shard every layer whose own parameters are all frozen (the base under a LoRA) over the ranks with FSDP2
+    (``fully_shard``, one unit per layer, children before parents). The trainable adapters stay whole on every rank,
+    so their gradients, optimizer state and checkpoints are what they are on one process. A layer's weights are
+    gathered for its forward (and its recomputation) and freed after; frozen layers take no gradient, so the
+    backward pass adds no communication. Returns (frozen parameters held by this rank, in the whole model)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for _, module in reversed(list(model.named_modules())):
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            fully_shard(module)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in frozen)
+    return local, sum(p.numel() for p in frozen)
 
 
 def all_reduce_grads(params: dict[str, torch.nn.Parameter]) -> None:

@@ -46,7 +46,7 @@ from . import objectives
 from .dpo_loss import DPOConfig
 from .flow_loss import FlowLossConfig
 from .loop import CHECKPOINT_NAME, LossFn, TrainConfig, TrainState, train
-from .distributed import RowShard, current_world
+from .distributed import RowShard, current_world, shard_frozen_base
 from .plot import render_curves, write_png
 from .value_rules import fraction, one_of, whole
 from ..negatives.build import build_negatives
@@ -284,7 +284,7 @@ def _prepare_lora(model: nn.Module, spec: LoraSpec, seed: int) -> None:
 def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = DPOTrainingConfig(), *,
               batches: WinnerFn | None = None, pairs: PairFn | None = None, resume: bool = True,
               callback: Callable[[int, dict], None] | None = None, progress: bool = True,
-              publish_lora_to: str | os.PathLike | None = None) -> DPOTrainingResult:
+              publish_lora_to: str | os.PathLike | None = None, shard_base: bool = False) -> DPOTrainingResult:
     """Train a LoRA on ``pipeline.model`` for sync with DPO (or the SFT baseline); files in ``out_dir``.
 
     pipeline: an ``AVPipeline`` (model, video_codec, audio_codec, text_encoder); its model gets the adapters in place.
@@ -298,7 +298,7 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     publish_lora_to: a second place the LoRA is written to every time it is (e.g. the folder ComfyUI lists LoRAs
     from), so that copy follows the checkpoint even when the process is killed outright.
     Under torchrun (``distributed``) every rank calls this with the same arguments: each computes its share of a
-    step's rows, rank 0 writes every file.
+    step's rows, rank 0 writes every file. shard_base: there, also shard the frozen base over the ranks (FSDP2).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -348,6 +348,10 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     # ComfyUI runs nodes under inference mode: adapters made there could not train.
     with torch.inference_mode(False):
         _prepare_lora(model, config.lora, config.seed)
+        if shard_base and world.size > 1:
+            held, whole = shard_frozen_base(model)
+            log.info("train_dpo: frozen base sharded over %d ranks: %d of %d parameters on rank %d", world.size, held,
+                     whole, world.rank)
         try:
             result = train(model, make_batch, loss_fn, config.train_config(), out_dir, resume=resume,
                            callback=on_step, progress=progress)
