@@ -68,6 +68,15 @@ def test_two_processes_train_the_one_process_lora(one_process, tmp_path):
     assert "trained 4 steps (dpo) on 2 processes" in done.stdout
     assert max_difference(one_process, out) < TOLERANCE
     assert checkpoint_step(out) == 4
+    # the history is the batch's too: the loss summed over the ranks, the other logs averaged over their rows
+    import json
+
+    one = json.loads((one_process / "history.json").read_text())
+    two = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in one] == [h["step"] for h in two]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) <= 1e-3 * max(1.0, abs(a[k])) for k in a if k != "seconds"), (a, b)
 
 
 def test_the_frozen_base_sharded_over_two_processes_trains_the_same_lora(one_process, tmp_path):

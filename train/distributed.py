@@ -60,6 +60,15 @@ def row_mean(values: torch.Tensor, mask: torch.Tensor, count: int, shard: RowSha
     return values[mask].sum() / count
 
 
+def logged_mean(share: torch.Tensor, mask: torch.Tensor, count: int, shard: RowShard | None) -> float:
+    """What to log for a ``row_mean``: the mean over this rank's own rows (the ranks' logs are averaged; their
+    shares, which add up, would be a fraction of the mean). One process: the mean itself."""
+    local = int(mask.sum())
+    if shard is None or shard.whole or local == 0:
+        return float(share.detach())
+    return float(share.detach()) * count / local
+
+
 @dataclass(frozen=True)
 class World:
     rank: int = 0

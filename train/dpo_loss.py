@@ -33,7 +33,7 @@ from torch import nn
 
 from ..runtime.lora import disabled_adapters
 from ..model.batch import AVBatch
-from .distributed import RowShard, row_mean
+from .distributed import RowShard, logged_mean, row_mean
 from .flow_loss import flow_matching_error
 from .noise_mix import NoiseDraw, NoiseMix, draw_noise, noised, task_rows
 from .value_rules import positive_or_none
@@ -244,11 +244,11 @@ def av_dpo_loss(model: nn.Module, winner: AVBatch, loser: AVBatch, generator: to
         margins[m] = preference_margin(err_w, err_l, ref_w, ref_l).detach()
         rows = scored[m]
         _, scored_logs = dpo_loss(err_w[rows].detach(), err_l[rows].detach(), ref_w[rows], ref_l[rows], betas[m])
-        logs[f"{m}_dpo"] = float(joint_term.detach())
-        logs[f"{driven_name[m]}_dpo"] = float(driven_term.detach())
+        logs[f"{m}_dpo"] = logged_mean(joint_term, joint, counts["joint"], shard)
+        logs[f"{driven_name[m]}_dpo"] = logged_mean(driven_term, driven[m], counts[m], shard)
         logs[f"{m}_accuracy"] = scored_logs["accuracy"]
         logs[f"{m}_reward_margin"] = scored_logs["reward_margin"]
-        logs[f"{m}_winner_error"] = float(winner_error.detach())
+        logs[f"{m}_winner_error"] = logged_mean(winner_error, scored[m], counts["joint"] + counts[m], shard)
     logs = {"loss": float(loss.detach()), **logs}
 
     if rules is not None:

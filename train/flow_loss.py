@@ -13,7 +13,7 @@ import torch
 
 from ..model.batch import AVBatch
 from ..model.joint import JointModel
-from .distributed import RowShard, row_mean
+from .distributed import RowShard, logged_mean, row_mean
 from .noise_mix import HARMONY_MIX, NoiseMix, draw_noise, noised, task_rows
 
 
@@ -72,7 +72,9 @@ def av_flow_loss(model: JointModel, batch: AVBatch, generator: torch.Generator, 
     driven_audio = row_mean(err_audio, audio_task, n_audio_task, shard)
     loss = (cfg.weight_video * joint_video + cfg.weight_audio * joint_audio
             + cfg.noise.lambda_video * driven_video + cfg.noise.lambda_audio * driven_audio)
-    logs = {name: float(value.detach()) for name, value in (
-        ("loss", loss), ("video", joint_video), ("audio", joint_audio), ("audio_driven_video", driven_video),
-        ("video_driven_audio", driven_audio))}
+    logs = {"loss": float(loss.detach())}
+    for name, share, mask, count in (("video", joint_video, joint, n_joint), ("audio", joint_audio, joint, n_joint),
+                                     ("audio_driven_video", driven_video, video_task, n_video_task),
+                                     ("video_driven_audio", driven_audio, audio_task, n_audio_task)):
+        logs[name] = logged_mean(share, mask, count, shard)
     return loss, logs

@@ -12,7 +12,8 @@ What it guarantees:
 * **Only trainable parameters** (``requires_grad``) are optimised, saved and averaged: freezing a tower or training
   LoRA adapters is a matter of what the caller leaves trainable.
 * **Several processes are one run** (``torchrun``, ``distributed``): each rank's loss is its share of the step's
-  batch, their gradients are summed before the step, rank 0 alone writes checkpoints and shows progress.
+  batch, their gradients are summed before the step, rank 0 alone writes checkpoints and shows progress. The
+  logged loss is the batch's; the other logs (accuracies, margins) are means over the ranks of their own rows.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 
 from ..runtime.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
 from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
-from .distributed import all_reduce_grads, all_reduce_sum, current_world
+from .distributed import all_gather_objects, all_reduce_grads, all_reduce_sum, current_world
 from .value_rules import one_of, positive, whole
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
                 if world.size > 1:          # this rank's share of the batch: the sums are the whole batch's
                     all_reduce_grads(params)
                     loss = all_reduce_sum(loss)
-                    logs = {**logs, "loss": float(loss)}
+                    logs = {**average_logs(all_gather_objects(logs)), "loss": float(loss)}
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"train: loss became {float(loss)} at step {step}; the last good state "
                                              f"is in {checkpoint}")
