@@ -10,11 +10,11 @@ Runs (``--runs``, comma-separated):
   dpo                DPO against temporal negatives, default coarse-to-subtle curriculum
   dpo_sft            the same plus an SFT term on the winner (DPOConfig.sft_weight = 1)
   dpo_nocurriculum   DPO, every rule mixed from step 0 (curriculum mode "none")
-  dpo_only_<family>  DPO with only that rule family (temporal_negatives.FAMILIES)
+  dpo_only_<family>  DPO with only that rule family (negatives.rules.FAMILIES)
   dpo_beta<B>        DPO with both betas = B (e.g. dpo_beta4000: a stronger KL anchor than the default)
 
 Modifiers combine after ``dpo``, separated by ``_``, in any order: ``sft``, ``nocurriculum``, ``only_<family>``,
-``beta<B>``, ``driven<F>`` (share F of the rows given to the driven tasks, DPOConfig.driven_fraction), ``<tower>tower``
+``beta<B>``, ``driven<F>`` (share F of the rows given to the driven tasks, DPOConfig.noise.driven_fraction), ``<tower>tower``
 (LoRA on that tower only: ``audiotower`` / ``videotower``); e.g. ``dpo_beta12000_driven0.25``.
 
 Each finished run leaves ``<out>/<run>/result.json``; running the script again skips finished runs, so an

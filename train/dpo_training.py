@@ -6,7 +6,7 @@ The trainer assembles library pieces; nothing here is a new loss or a new loop (
 * **pairs** (``PreferencePairs``): at step k the winners are real clips (BounceBench's train split through
   ``embedded_training.BounceBatches`` by default, or any ``batches(step, generator) -> AVBatch``), and the losers
   are the same latents with their timing broken by the rules the curriculum draws at step k
-  (``temporal_negatives.build_negatives`` at the codecs' latent rates). A loser keeps its winner's text, so a pair
+  (``negatives.build.build_negatives`` at the codecs' latent rates). A loser keeps its winner's text, so a pair
   differs in timing only. The rule of each row travels with the batch for per-rule logs.
 * **model**: peft LoRA adapters on the pipeline's joint model (``model.lora.add_lora``, base frozen); the DPO
   reference is the same network with its adapters off, so there is no second copy of the weights.
