@@ -14,8 +14,8 @@ Runs (``--runs``, comma-separated):
   dpo_beta<B>        DPO with both betas = B (e.g. dpo_beta4000: a stronger KL anchor than the default)
 
 Modifiers combine after ``dpo``, separated by ``_``, in any order: ``sft``, ``nocurriculum``, ``only_<family>``,
-``beta<B>``, ``driven<F>`` (share F of the rows given to the driven tasks, DPOConfig.noise.driven_fraction), ``<tower>tower``
-(LoRA on that tower only: ``audiotower`` / ``videotower``); e.g. ``dpo_beta12000_driven0.25``.
+``beta<B>``, ``driven<F>`` (share F of the rows given to the driven tasks, DPOConfig.noise.driven_fraction),
+``<tower>tower`` (LoRA on that tower only: ``audiotower`` / ``videotower``); e.g. ``dpo_beta12000_driven0.25``.
 
 Each finished run leaves ``<out>/<run>/result.json``; running the script again skips finished runs, so an
 interrupted experiment continues where it stopped. Prints a markdown table; last line ``RESULT ...`` with each
