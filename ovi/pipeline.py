@@ -202,9 +202,11 @@ def build_ovi_pipeline(variant: OviVariant, files: OviFiles | None = None, *, mo
         from ..runtime.block_swap import enable_block_swap
 
         enable_block_swap(model, blocks_on_gpu, device)
-    return OviPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder,
-                       name=name or variant.label, variant=variant,
-                       default_clip=ClipSize(variant.seconds, variant.height_px, variant.width_px))
+    pipeline = OviPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder,
+                           name=name or variant.label, variant=variant)
+    # The clip Ovi makes by default: the variant's length and its frame size as Ovi snaps it (720x720 -> 704x704).
+    pipeline.default_clip = ClipSize(variant.seconds, *pipeline.frame_size(variant.height_px, variant.width_px))
+    return pipeline
 
 
 def _text_encoder_for(tower: TowerConfig, variant: OviVariant, model_path: str, text_encoder: TextEncoder | None,

@@ -101,3 +101,28 @@ def test_scored_pairs_are_sampled_once_and_cached_in_the_run_folder(tmp_path, ca
     stamp = cache.stat().st_mtime_ns
     assert main(args(2)) == 0                        # resumed: the same pairs, from the cache
     assert cache.stat().st_mtime_ns == stamp and lora_step(out / "lora.safetensors") == 2
+
+
+def test_an_ovi_model_trains_on_a_clip_folder_with_its_own_codecs(tmp_path, monkeypatch, capsys):
+    """--model <Ovi variant>: the clips are encoded with Ovi's codecs (stood in for: the Wan2.2 VAE at 24 fps and
+    MMAudio at 16 kHz) and captions with its UMT5; the LoRA trains on the Ovi-shaped joint model."""
+    from ovi_stand_ins import StandInMMAudioCodec, StandInUMT5, StandInWanCodec, write_ovi_files
+
+    from comfyui_syncav.ovi import pipeline as ovi_pipeline
+    from comfyui_syncav.ovi.variants import get_variant
+
+    write_ovi_files(tmp_path / "models", get_variant("720x720_5s"), text_encoder=True)
+    monkeypatch.setattr(ovi_pipeline, "load_video_codec", lambda path, device=None, dtype=None: StandInWanCodec())
+    monkeypatch.setattr(ovi_pipeline, "load_audio_codec",
+                        lambda vae, vocoder, device=None, dtype=None: StandInMMAudioCodec())
+    monkeypatch.setattr(ovi_pipeline, "umt5_loader", lambda *args, **kwargs: StandInUMT5)
+    clips = tmp_path / "clips"
+    write_dataset(clips, "train", 2, progress=False)
+    out = tmp_path / "run"
+    assert main(["train-dpo", "--model", "720x720_5s", "--models-dir", str(tmp_path / "models"), "--data", str(clips),
+                 "--seconds", "1.0", "--size", "32", "--steps", "2", "--batch-size", "1", "--rank", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "25 frames (1.04167 s at 24 fps)" in printed and "audio 16000 Hz" in printed   # Ovi's rates
+    tensors, _ = load_lora(out / "lora.safetensors")
+    assert lora_step(out / "lora.safetensors") == 2 and tensors
