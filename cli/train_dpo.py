@@ -166,7 +166,7 @@ def _train(args, world) -> int:
     # Everything that can be checked without the model, before it is loaded (an Ovi load takes minutes).
     config = _training_config(args)
     args.device = str(local_device(resolve_device(args.device, "--device")))
-    world.shard(config.batch_size)                   # at least one row per process
+    world.shard(config.batch_size, "--batch-size")   # at least one row per process
     if args.pairs == "scored" and args.data is not None:
         raise ValueError("--pairs scored: the pairs are scored against BounceBench's captions (their balls and "
                          "sounds); with --data use --pairs negatives")

@@ -78,10 +78,11 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, total_rows: int) -> RowShard:
-        """This rank's contiguous share of ``total_rows`` (sizes differ by at most one row)."""
+    def shard(self, total_rows: int, what: str = "batch_size") -> RowShard:
+        """This rank's contiguous share of ``total_rows`` (sizes differ by at most one row); ``what`` names the batch
+        size in the error."""
         if total_rows < self.size:
-            raise ValueError(f"batch_size: {total_rows} rows cannot be shared by {self.size} processes; expected at "
+            raise ValueError(f"{what}: {total_rows} rows cannot be shared by {self.size} processes; expected at "
                              f"least one row per process")
         return RowShard(self.rank * total_rows // self.size, (self.rank + 1) * total_rows // self.size, total_rows)
 
