@@ -171,3 +171,11 @@ def test_scored_pairs_sampled_on_two_processes_are_the_one_process_pairs(tmp_pat
     second = load_tensors(two / "scored_pairs" / "pairs.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert max_difference(one, two) < TOLERANCE
+
+
+def test_a_batch_smaller_than_the_processes_is_refused_by_its_flag(tmp_path):
+    done = subprocess.run(command(tmp_path / "run", 2, 2) + ["--batch-size", "1"], capture_output=True, text=True,
+                          timeout=300, env=environment())
+    assert done.returncode != 0
+    assert "error: --batch-size: 1 rows cannot be shared by 2 processes" in done.stderr
+    assert not (tmp_path / "run" / "train_state.safetensors").exists()
