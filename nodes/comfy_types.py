@@ -127,6 +127,15 @@ class SyncAVNegativeSpec:
 
 # ------------------------------------------------------------------------------------------------ MODEL
 
+@dataclass(frozen=True)
+class JointModelConfig:
+    """What ComfyUI's LoRA loaders read of a model's config: ``unet_config``. None of its UNet, MMDiT or Flux key
+    conversions applies to the joint model, so it is empty and the generic ``diffusion_model.<module path>`` keys
+    (a SyncAV LoRA file's own) cover every layer: core's Load LoRA (model only) then patches the joint model."""
+
+    unet_config: dict = field(default_factory=dict)
+
+
 class SyncAVModel(nn.Module):
     """What the patcher wraps: a module whose ``diffusion_model`` is the JointModel.
 
@@ -138,6 +147,7 @@ class SyncAVModel(nn.Module):
         super().__init__()
         self.diffusion_model = diffusion_model
         self.device = device
+        self.model_config = JointModelConfig()
 
     def get_dtype(self) -> torch.dtype:
         """Dtype the weights are stored in (ModelPatcher.model_dtype reads it)."""

@@ -176,24 +176,33 @@ def test_dpo_train_then_generate_and_the_lora_loads_by_name(comfy_server):
     # from one encode to the next).
     generation = prompt_of(workflow)
     prompt = {node_id: generation[node_id] for node_id in ("1", "7", "8")}
+    # ComfyUI's own Load LoRA (model only) reads it from models/loras
+    core_lora = comfy_server.models_dir / "loras" / f"{LORA_NAME}_core.safetensors"
+    core_lora.parent.mkdir(parents=True, exist_ok=True)
+    core_lora.write_bytes(kept.read_bytes())
     branches = {"by_name": {"lora": f"{LORA_NAME}.safetensors", "strength_video": 1.0, "strength_audio": 1.0},
                 "by_path": {"lora": "none", "strength_video": 1.0, "strength_audio": 1.0,
                             "lora_path": str(trained)},
-                "strength_0": {"lora": f"{LORA_NAME}.safetensors", "strength_video": 0.0, "strength_audio": 0.0}}
+                "strength_0": {"lora": f"{LORA_NAME}.safetensors", "strength_video": 0.0, "strength_audio": 0.0},
+                "core_loader": {}}
     for k, (branch, lora_inputs) in enumerate(branches.items()):
         lora_id, sampler_id, decode_id, save_id = (str(100 + 10 * k + i) for i in range(4))
-        prompt[lora_id] = {"class_type": "SyncAVLoadLoRA", "inputs": {"model": ["1", 0], **lora_inputs}}
+        prompt[lora_id] = {"class_type": "SyncAVLoadLoRA", "inputs": {"model": ["1", 0], **lora_inputs}} \
+            if branch != "core_loader" else {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0],
+                                             "lora_name": core_lora.name, "strength_model": 1.0}}
         prompt[sampler_id] = {"class_type": "SyncAVSampler",
                               "inputs": dict(generation["9"]["inputs"], model=[lora_id, 0])}
         prompt[decode_id] = {"class_type": "SyncAVDecode", "inputs": {"codecs": ["1", 1], "latent": [sampler_id, 0]}}
         prompt[save_id] = {"class_type": "SaveImage", "inputs": {"images": [decode_id, 0],
                                                                   "filename_prefix": f"SyncAV/lora_{branch}"}}
-    entry = run_timed(comfy_server, "Load LoRA by name, by path and at strength 0 (second prompt)", prompt)
+    entry = run_timed(comfy_server, "Load LoRA by name, by path, at strength 0 and with core's loader", prompt)
     frames = {branch: np.stack([np.asarray(Image.open(path)) for path in
                                 sorted(comfy_server.output_files(entry, str(100 + 10 * k + 3)))])
               for k, branch in enumerate(branches)}
     assert frames["by_name"].shape == (32, 32, 32, 3)
     np.testing.assert_array_equal(frames["by_name"], frames["by_path"])
+    # core's LoRA loader patches the same weights the same way (both through comfy.lora.load_lora and add_patches)
+    np.testing.assert_array_equal(frames["core_loader"], frames["by_name"])
     changed = np.abs(frames["by_name"].astype(int) - frames["strength_0"]).mean()
     assert changed > 0.5, f"the trained LoRA barely changes the clip: mean |difference| {changed:.3f} / 255"
 
