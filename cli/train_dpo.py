@@ -22,12 +22,6 @@ CACHE_SUBFOLDER = ".syncav_cache"          # the SyncAV AV Dataset node's too: o
 SCORED_PAIRS_SUBFOLDER = "scored_pairs"
 
 
-def world_is_main() -> bool:
-    from ..train.distributed import current_world
-
-    return current_world().is_main
-
-
 def add_train_dpo_arguments(commands) -> None:
     p = commands.add_parser("train-dpo", help="post-train a sync LoRA (DPO) on a clip folder or on BounceBench")
     p.add_argument("--model", default="embedded", choices=("embedded",) + OVI_VARIANT_KEYS,
@@ -87,7 +81,7 @@ def _training_config(args):
                 curriculum = Curriculum.from_json(handle.read())
             except ValueError as error:
                 raise ValueError(f"--curriculum {args.curriculum}: {error}") from None
-    log_every, warmup_steps = logging_schedule(args.steps) if args.steps > 0 else (1, 0)
+    log_every, warmup_steps = logging_schedule(args.steps)
     with named_as(TRAIN_DPO_FLAGS):
         return DPOTrainingConfig(
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=lora_spec(args.rank, args.lora_towers),
@@ -97,7 +91,7 @@ def _training_config(args):
             warmup_steps=warmup_steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
 
 
-def _clip_batches(args, pipeline, batch_size: int):
+def _clip_batches(args, world, pipeline, batch_size: int):
     """Batches of the clip folder --data, encoded once with the pipeline's codecs (and cached)."""
     from ..data.av_dataset import AVClipDataset
     from ..train.dpo_inputs import check_dataset
@@ -108,26 +102,25 @@ def _clip_batches(args, pipeline, batch_size: int):
     cache_dir = args.cache_dir or os.path.join(args.data, CACHE_SUBFOLDER)
     dataset = AVClipDataset.from_pipeline(args.data, pipeline, seconds, size, cache_dir=cache_dir,
                                           device=args.device, progress=True)
-    if world_is_main():
+    if world.is_main:
         print(dataset.summary())
     return check_dataset(dataset, pipeline.video_codec, pipeline.audio_codec, pipeline.model).batch_source(batch_size)
 
 
-def _scored_pairs(args, pipeline, batch_size: int):
+def _scored_pairs(args, world, pipeline, batch_size: int):
     """V2A-DPO pairs: the model's own samples of BounceBench train captions, best against worst (cached in --out);
     under torchrun every rank samples its share of them."""
     from ..bouncebench.clips import make_batch
     from ..bouncebench.config import STANDARD, split_seeds
     from ..data.scored_pairs import JobShare, ScoredPairsConfig, build_scored_pairs
-    from ..train.distributed import all_gather_objects, current_world
+    from ..train.distributed import all_gather_objects
 
     captions = make_batch(split_seeds("train", args.prompts), STANDARD)[2]
-    world = current_world()
     share = JobShare(world.rank, world.size, all_gather_objects) if world.size > 1 else None
     pairs = build_scored_pairs(pipeline, captions, ScoredPairsConfig(seed=args.seed),
                                cache_dir=os.path.join(args.out, SCORED_PAIRS_SUBFOLDER), progress=world.is_main,
                                share=share)
-    if world_is_main():
+    if world.is_main:
         print(f"{len(pairs)} scored pairs from {len(captions)} captions")
     return pairs.batches(batch_size)
 
@@ -187,9 +180,10 @@ def _train(args, world) -> int:
     check_text_encoder(pipeline.text_encoder, pipeline.model)
     batches = pairs = None
     if args.pairs == "scored":
-        pairs = _scored_pairs(args, pipeline, config.batch_size)      # every rank samples its share
+        pairs = _scored_pairs(args, world, pipeline, config.batch_size)      # every rank samples its share
     elif args.data is not None:
-        batches = _first_on_rank_0(world, lambda: _clip_batches(args, pipeline, config.batch_size), "the latent cache")
+        batches = _first_on_rank_0(world, lambda: _clip_batches(args, world, pipeline, config.batch_size),
+                                   "the latent cache")
     result = train_dpo(pipeline, args.out, config, batches=batches, pairs=pairs, resume=args.resume,
                        progress=world.is_main, shard_base=args.shard_base)
     if world.is_main:
