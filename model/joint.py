@@ -30,6 +30,9 @@ class JointModel(nn.Module):
         self.gradient_checkpointing = False
         # Dtype the forward computes in; None: the dtype of the weights (bf16 when they are stored in fp8).
         self.compute_dtype: torch.dtype | None = None
+        # The computation of one fusion block, given its two tower blocks: one function for all blocks, so
+        # regional compilation (runtime/compile.py) compiles it once and reuses it for every block.
+        self.fusion_step = fusion_step
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def working_dtype(self) -> torch.dtype:
@@ -55,15 +58,20 @@ class JointModel(nn.Module):
         return sigma * scale
 
     @staticmethod
-    def _check_latents(video: torch.Tensor, audio: torch.Tensor, cfg: JointConfig) -> None:
+    def _check_latents(video: torch.Tensor, audio: torch.Tensor, cfg: JointConfig, audio_alone_rows: int) -> None:
         if video.dim() != 5 or video.shape[1] != cfg.video.in_channels:
             raise ValueError(f"video latent must be [B, {cfg.video.in_channels}, F, H, W], got {list(video.shape)}")
         if audio.dim() != 3 or audio.shape[2] != cfg.audio.in_channels:
             raise ValueError(f"audio latent must be [B, L, {cfg.audio.in_channels}] (time-major), "
                              f"got {list(audio.shape)}")
-        if audio.shape[0] != video.shape[0]:
+        if isinstance(audio_alone_rows, bool) or not isinstance(audio_alone_rows, int) \
+                or not 0 <= audio_alone_rows < audio.shape[0]:
+            raise ValueError(f"audio_alone_rows must be an integer in 0..{audio.shape[0] - 1} (fewer than the audio "
+                             f"rows), got {audio_alone_rows!r}")
+        if video.shape[0] != audio.shape[0] - audio_alone_rows:
             raise ValueError(f"video and audio latents have different batch sizes: {video.shape[0]} vs "
-                             f"{audio.shape[0]}")
+                             f"{audio.shape[0]}" + (f" less {audio_alone_rows} audio-alone rows"
+                                                     if audio_alone_rows else ""))
         if audio.shape[1] < 1:
             raise ValueError("audio latent has no time steps")
 
@@ -72,30 +80,42 @@ class JointModel(nn.Module):
                 sigma_audio: torch.Tensor, text_video: torch.Tensor, text_audio: torch.Tensor, *,
                 text_video_lengths: torch.Tensor | None = None, text_audio_lengths: torch.Tensor | None = None,
                 skip_blocks: Iterable[int] = (), skip_rows: torch.Tensor | None = None,
-                cross_modal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                cross_modal: bool = True, cross_modal_rows: torch.Tensor | None = None,
+                audio_alone_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocities (noise - x0) of both streams.
 
-        video [B, Cv, F, H, W]; audio [B, La, Ca]; sigma_* [B] or [B, tokens] in [0, 1];
-        text_* [B, Lt, Dt] zero-padded (lengths [B] are used only when the config masks text padding);
+        video [Bv, Cv, F, H, W]; audio [B, La, Ca]; sigma_* [rows] or [rows, tokens] in [0, 1];
+        text_* [rows, Lt, Dt] zero-padded (lengths [rows] are used only when the config masks text padding);
         skip_blocks: fusion blocks to skip (skip-layer guidance); skip_rows [B] bool: skip them only for these
         rows (so a batched guidance step can skip layers on its negative rows alone);
-        cross_modal=False: each tower ignores the other (no cross-modal attention).
-        Returns (velocity_video [B, Cv, F, H, W], velocity_audio [B, La, Ca]) in the compute dtype.
+        cross_modal=False: each tower ignores the other (no cross-modal attention);
+        cross_modal_rows [Bv] bool: rows whose towers see each other (False: that row's cross-modal attention is
+        cut, LTX-2's modality-guidance pass), so one batch can mix both kinds;
+        audio_alone_rows: the last k audio rows run the audio tower alone: no video tower, no cross-modal part
+        (a sync anchor that costs a fraction of a pass). Bv = B - k.
+        Returns (velocity_video [Bv, Cv, F, H, W], velocity_audio [B, La, Ca]) in the compute dtype.
         """
         cfg = self.config
-        self._check_latents(video, audio, cfg)
+        self._check_latents(video, audio, cfg, audio_alone_rows)
         dtype = self.working_dtype()
         vt, at = self.video_model, self.audio_model
-        batch = video.shape[0]
+        video_batch, batch = video.shape[0], audio.shape[0]
         video_grid, audio_grid = vt.token_grid(video.shape), at.token_grid(audio.shape)
         n_video, n_audio = video_grid[0] * video_grid[1] * video_grid[2], audio_grid[0]
         skip = set(int(i) for i in skip_blocks)
         bad = [i for i in skip if not 0 <= i < cfg.num_blocks]
         if bad:
             raise ValueError(f"skip_blocks {bad} out of range: this model has blocks 0..{cfg.num_blocks - 1}")
+        gate = None
+        if cross_modal and cross_modal_rows is not None:
+            if tuple(cross_modal_rows.shape) != (video_batch,):
+                raise ValueError(f"cross_modal_rows must be [{video_batch}] (one per video row), got "
+                                 f"{list(cross_modal_rows.shape)}")
+            gate = cross_modal_rows.to(video.device, dtype)
 
         video_in, audio_in = video.to(dtype), audio.to(dtype)
-        t_video = self._timesteps(sigma_video, batch, n_video, cfg.timestep_scale, "sigma_video").to(video.device)
+        t_video = self._timesteps(sigma_video, video_batch, n_video, cfg.timestep_scale, "sigma_video"
+                                  ).to(video.device)
         t_audio = self._timesteps(sigma_audio, batch, n_audio, cfg.timestep_scale, "sigma_audio").to(video.device)
 
         v = vt.embed_tokens(video_in)
@@ -118,13 +138,13 @@ class JointModel(nn.Module):
         for i in range(cfg.num_blocks):
             if i in skip and skip_rows is None:
                 continue
-            args = (i, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal)
+            args = (i, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal, gate)
             if self.training and self.gradient_checkpointing and torch.is_grad_enabled():
                 v_new, a_new = checkpoint(self._fusion_block, *args, use_reentrant=False)
             else:
                 v_new, a_new = self._fusion_block(*args)
             if i in skip:  # skip only the chosen rows: keep their block input
-                v = torch.where(skip_rows[:, None, None], v, v_new)
+                v = torch.where(skip_rows[:video_batch, None, None], v, v_new)
                 a = torch.where(skip_rows[:, None, None], a, a_new)
             else:
                 v, a = v_new, a_new
@@ -137,18 +157,10 @@ class JointModel(nn.Module):
         return out_video, out_audio
 
     def _fusion_block(self, i, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot, a_rot,
-                      cross_modal):
-        video_block, audio_block = self.video_model.blocks[i], self.audio_model.blocks[i]
-        a_mod = audio_block.modulation(a_proj)
-        a = audio_block.self_attention_step(a, a_mod, a_rot)
-        v_mod = video_block.modulation(v_proj)
-        v = video_block.self_attention_step(v, v_mod, v_rot)
-        audio_before_cross = a
-        a = audio_block.cross_attention_ffn_step(a, a_mod, a_text, a_lengths, v if cross_modal else None,
-                                                 a_rot, v_rot)
-        v = video_block.cross_attention_ffn_step(v, v_mod, v_text, v_lengths,
-                                                 audio_before_cross if cross_modal else None, v_rot, a_rot)
-        return v, a
+                      cross_modal, gate=None):
+        """Block ``i`` of both towers (the one place a forward runs a block: block swap wraps it)."""
+        return self.fusion_step(self.video_model.blocks[i], self.audio_model.blocks[i], v, a, v_proj, a_proj,
+                                v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal, gate)
 
     def _x0_to_velocity(self, x_sigma: torch.Tensor, x0_hat: torch.Tensor, sigma_tokens: torch.Tensor,
                         tower: Tower, grid) -> torch.Tensor:
@@ -158,3 +170,20 @@ class JointModel(nn.Module):
                                                grid[0] * grid[1] * grid[2])
         sigma = tower.tokens_to_latent_layout(sigma_tokens, grid).to(x0_hat.dtype)
         return (x_sigma - x0_hat) / sigma.clamp(min=self.config.x0_sigma_floor)
+
+
+def fusion_step(video_block, audio_block, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot,
+                a_rot, cross_modal: bool, gate=None):
+    """One fusion block in Ovi's order. v [Bv, Nv, dim], a [B, Na, dim] (the last B - Bv audio rows run alone);
+    gate [Bv] or None: per-row switch of the cross-modal attention."""
+    a_mod = audio_block.modulation(a_proj)
+    a = audio_block.self_attention_step(a, a_mod, a_rot)
+    v_mod = video_block.modulation(v_proj)
+    v = video_block.self_attention_step(v, v_mod, v_rot)
+    audio_before_cross = a
+    a = audio_block.cross_attention_ffn_step(a, a_mod, a_text, a_lengths, v if cross_modal else None, a_rot, v_rot,
+                                             gate)
+    v = video_block.cross_attention_ffn_step(v, v_mod, v_text, v_lengths,
+                                             audio_before_cross[:v.shape[0]] if cross_modal else None, v_rot, a_rot,
+                                             gate)
+    return v, a
