@@ -17,7 +17,8 @@ from .common import OVI_VARIANT_KEYS, build_ovi, shipped_files
 TRAIN_DPO_FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "beta_video": "--beta-video",
                    "beta_audio": "--beta-audio", "save_every": "--save-every", "seed": "--seed",
                    "shift": "--noise-shift", "objective": "--objective", "lora_towers": "--lora-towers",
-                   "rank": "--rank", "output_name": "--out", "resume": "--resume"}
+                   "rank": "--rank", "output_name": "--out", "resume": "--resume", "base_fp8": "--base-fp8",
+                   "blocks_on_gpu": "--blocks-on-gpu", "shard_base": "--shard-base"}
 CACHE_SUBFOLDER = ".syncav_cache"          # the SyncAV AV Dataset node's too: one cache per clip folder
 SCORED_PAIRS_SUBFOLDER = "scored_pairs"
 
@@ -59,6 +60,12 @@ def add_train_dpo_arguments(commands) -> None:
                    help="continue the run in --out (default); --no-resume refuses a folder that holds one")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each block in the backward pass instead of keeping its activations (less memory)")
+    p.add_argument("--base-fp8", action="store_true",
+                   help="store the frozen base's matrices in fp8 (half the memory of bf16; upcast per layer, the LoRA "
+                        "keeps its precision)")
+    p.add_argument("--blocks-on-gpu", type=int, default=None, metavar="N",
+                   help="block swap: keep N fusion blocks on the device and copy the others' frozen weights in per "
+                        "block, forward and backward (turns on --gradient-checkpointing)")
     p.add_argument("--shard-base", action="store_true",
                    help="under torchrun: shard the frozen base model over the processes (FSDP2), for a model too "
                         "large for one device")
@@ -70,7 +77,8 @@ def _training_config(args):
     from ..negatives.curriculum import DEFAULT_CURRICULUM, Curriculum
     from ..train.dpo_inputs import logging_schedule, lora_spec
     from ..train.dpo_loss import DPOConfig
-    from ..train.dpo_training import DPOTrainingConfig
+    from ..train.dpo_training import DPOTrainingConfig, check_shard_base
+    from ..train.loop import MemoryConfig
     from ..train.noise_mix import NoiseMix
     from ..train.value_rules import named_as
 
@@ -83,12 +91,15 @@ def _training_config(args):
                 raise ValueError(f"--curriculum {args.curriculum}: {error}") from None
     log_every, warmup_steps = logging_schedule(args.steps)
     with named_as(TRAIN_DPO_FLAGS):
+        memory = MemoryConfig(base_fp8=args.base_fp8, blocks_on_gpu=args.blocks_on_gpu)
+        check_shard_base(args.shard_base, memory)
         return DPOTrainingConfig(
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=lora_spec(args.rank, args.lora_towers),
             dpo=DPOConfig(beta_video=args.beta_video, beta_audio=args.beta_audio,
                           noise=NoiseMix(shift=args.noise_shift)),
             curriculum=curriculum, objective=args.objective, save_every=args.save_every, log_every=log_every,
-            warmup_steps=warmup_steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+            warmup_steps=warmup_steps, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+            memory=memory)
 
 
 def _clip_batches(args, world, pipeline, batch_size: int):

@@ -19,6 +19,7 @@ from ..train.dpo_inputs import (LORA_TOWERS, check_dataset, check_run_folder, ch
                                 lora_spec)
 from ..train.dpo_loss import DPOConfig
 from ..train.dpo_training import OBJECTIVES, DPOTrainingConfig, train_dpo
+from ..train.loop import MemoryConfig
 from ..train.noise_mix import NoiseMix
 from ..train.value_rules import named_as
 from . import comfy_bridge, comfy_types
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 RUNS_FOLDER = "syncav_lora_runs"      # sibling of output/syncav_lora: run state that must not be listed as LoRAs
 # The node's inputs by the config fields they set: the library's errors come out under the input's name.
 INPUT_NAMES = {**{name: name for name in ("objective", "steps", "batch_size", "lr", "beta_video", "beta_audio",
-                                          "save_every", "seed")}, "shift": "noise_shift"}
+                                          "save_every", "seed", "base_fp8", "blocks_on_gpu")},
+               "shift": "noise_shift"}
 
 
 def run_paths(name: str) -> tuple[str, str]:
@@ -103,6 +105,13 @@ class SyncAVDPOTrainer(io.ComfyNode):
                 io.Float.Input("noise_shift", default=1.0, min=0.1, max=20.0, step=0.1, optional=True,
                                tooltip="Timestep shift of the training noise levels. Above 1 trains mostly at high "
                                        "noise, where the timing of a clip is decided (the shipped sync LoRA: 3)."),
+                io.Boolean.Input("base_fp8", default=False, optional=True,
+                                 tooltip="Keep the frozen base model's matrices in fp8 while training (half the "
+                                         "memory of bf16, slightly rounded; the LoRA keeps its precision)."),
+                io.Int.Input("blocks_on_gpu", default=-1, min=-1, max=1000, optional=True,
+                             tooltip="Block swap while training: keep this many fusion blocks on the GPU and copy "
+                                     "the others in per block (slower, far less memory; recomputes blocks in the "
+                                     "backward). -1: off, every block on the GPU."),
             ],
             outputs=[
                 comfy_types.output(io.Model, "model", "The input model with the trained LoRA applied (strength 1 on "
@@ -116,7 +125,8 @@ class SyncAVDPOTrainer(io.ComfyNode):
     @classmethod
     def execute(cls, model, codecs, text_encoder, negatives, objective: str, steps: int, batch_size: int, lr: float,
                 rank: int, beta_video: float, beta_audio: float, save_every: int, output_name: str, resume: bool,
-                seed: int = 0, dataset=None, lora_towers: str = "both", noise_shift: float = 1.0) -> io.NodeOutput:
+                seed: int = 0, dataset=None, lora_towers: str = "both", noise_shift: float = 1.0,
+                base_fp8: bool = False, blocks_on_gpu: int = -1) -> io.NodeOutput:
         joint = comfy_types.joint_model_of(model)
         check_text_encoder(text_encoder, joint)
         log_every, warmup_steps = logging_schedule(steps)
@@ -126,7 +136,8 @@ class SyncAVDPOTrainer(io.ComfyNode):
                 dpo=DPOConfig(beta_video=beta_video or None, beta_audio=beta_audio or None,   # 0: the default
                               noise=NoiseMix(shift=noise_shift)),
                 curriculum=negatives.curriculum, objective=objective, save_every=save_every,
-                log_every=log_every, warmup_steps=warmup_steps, seed=seed)
+                log_every=log_every, warmup_steps=warmup_steps, seed=seed,
+                memory=MemoryConfig(base_fp8=base_fp8, blocks_on_gpu=None if blocks_on_gpu == -1 else blocks_on_gpu))
         batches = None
         if dataset is not None:
             batches = check_dataset(dataset, codecs.video_codec, codecs.audio_codec, joint).batch_source(batch_size)

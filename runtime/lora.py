@@ -147,6 +147,13 @@ def add_lora(model: nn.Module, spec: LoraSpec = LoraSpec()) -> nn.Module:
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names,
                         bias="none", init_lora_weights=True)  # A: Kaiming uniform, B: zeros -> a no-op at start
     inject_adapter_in_model(config, joint, adapter_name=ADAPTER_NAME)
+    # peft makes the factors in the base weight's dtype: over an fp8 base (an fp8 file) they would be fp8, which
+    # cannot train. They are trained in the dtype the model computes in (float32 for a float32 model).
+    adapter_dtype = joint.working_dtype() if hasattr(joint, "working_dtype") else torch.float32
+    for layer in lora_layers(joint).values():
+        for factor in (layer.lora_A, layer.lora_B):
+            if factor[ADAPTER_NAME].weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                factor[ADAPTER_NAME].to(adapter_dtype)
     # peft freezes the base on first injection; stating it here keeps the contract independent of that detail.
     adapter_params = {id(p) for layer in lora_layers(joint).values()
                       for p in list(layer.lora_A.parameters()) + list(layer.lora_B.parameters())}

@@ -182,3 +182,25 @@ def test_a_lora_for_another_architecture_is_a_clear_error(tmp_path):
     lone_a = {k: v for k, v in tensors.items() if not k.endswith("lora_B.weight")}
     with pytest.raises(CheckpointError, match="lora_A and lora_B must both be present"):
         apply_lora(micro_model(), lone_a)
+
+
+def test_lora_over_an_fp8_base_gets_factors_in_the_compute_dtype_and_trains():
+    from comfyui_syncav.runtime.fp8 import FP8_OPS, layer_weight_keys, quantize_to_fp8
+
+    base = micro_model(prediction="velocity")
+    with torch.device("meta"):
+        fp8 = JointModel(base.config, FP8_OPS)
+    keys = layer_weight_keys(fp8)
+    fp8.load_state_dict({k: (quantize_to_fp8(v) if k in keys else v) for k, v in base.state_dict().items()},
+                        assign=True)
+    fp8.compute_dtype = torch.float32
+    add_lora(fp8, LoraSpec(rank=4))
+    factors = {name: p for name, p in fp8.named_parameters() if p.requires_grad}
+    assert factors and {p.dtype for p in factors.values()} == {torch.float32}   # peft alone makes them fp8
+    g = torch.Generator().manual_seed(0)
+    video, audio = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 5, 3, generator=g)
+    out_v, out_a = fp8(video, audio, torch.tensor([0.5]), torch.tensor([0.5]), torch.randn(1, 4, 8, generator=g),
+                       torch.randn(1, 3, 8, generator=g))
+    (out_v.square().mean() + out_a.square().mean()).backward()
+    grads = [p.grad for name, p in factors.items() if "lora_B" in name]   # B starts at 0, A does not
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().max() > 0 for g in grads)

@@ -45,10 +45,10 @@ from ..model.batch import AVBatch, PreferenceBatch
 from . import objectives
 from .dpo_loss import DPOConfig
 from .flow_loss import FlowLossConfig
-from .loop import CHECKPOINT_NAME, LossFn, TrainConfig, TrainState, train
+from .loop import CHECKPOINT_NAME, LossFn, MemoryConfig, TrainConfig, TrainState, train
 from .distributed import RowShard, current_world, shard_frozen_base
 from .plot import render_curves, write_png
-from .value_rules import fraction, one_of, whole
+from .value_rules import ValueRuleError, fraction, one_of, whole
 from ..negatives.build import build_negatives
 from ..negatives.time_axes import TimeAxes
 
@@ -86,6 +86,7 @@ class DPOTrainingConfig:
     grad_clip: float = 1.0
     precision: str = "fp32"               # "fp32" | "bf16" (autocast)
     gradient_checkpointing: bool = False
+    memory: MemoryConfig = field(default_factory=MemoryConfig)   # the frozen base in fp8, block swap
     caption_dropout: float = 0.0          # of the default BounceBench source; DPO pairs keep their captions
     seed: int = 0
 
@@ -96,6 +97,8 @@ class DPOTrainingConfig:
         one_of("DPOTrainingConfig.objective", self.objective, OBJECTIVES)
         one_of("DPOTrainingConfig.curriculum_mode", self.curriculum_mode, MODES, none_allowed=True)
         fraction("DPOTrainingConfig.caption_dropout", self.caption_dropout, below_one=True)
+        if isinstance(self.memory, dict):
+            object.__setattr__(self, "memory", MemoryConfig(**self.memory))
         self.train_config()
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSpec(**self.lora))
@@ -121,7 +124,7 @@ class DPOTrainingConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, weight_decay=self.weight_decay,
                            warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, ema_decay=None,
                            precision=self.precision, gradient_checkpointing=self.gradient_checkpointing,
-                           save_every=self.save_every, log_every=self.log_every, seed=self.seed)
+                           memory=self.memory, save_every=self.save_every, log_every=self.log_every, seed=self.seed)
 
     def loss_config(self) -> DPOConfig | FlowLossConfig:
         """The loss of ``objective``: dpo: ``self.dpo``; sft: the baseline's flow-matching loss on the winners, with
@@ -134,6 +137,7 @@ class DPOTrainingConfig:
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.update(lora=asdict(self.lora), dpo=self.dpo.to_dict(), curriculum=self.curriculum.to_dict(),
+                   memory=asdict(self.memory),
                    families=None if self.families is None else list(self.families))
         return out
 
@@ -260,6 +264,13 @@ class DPOTrainingResult:
 
 
 
+def check_shard_base(shard_base: bool, memory: MemoryConfig) -> None:
+    """FSDP2 sharding of the frozen base over processes and fp8 storage / block swap of it are alternatives."""
+    if shard_base and (memory.base_fp8 or memory.blocks_on_gpu is not None):
+        raise ValueRuleError("shard_base", "False when the frozen base is in fp8 or block-swapped (sharding it over "
+                             "the processes is the other way to fit it: choose one)", shard_base)
+
+
 def _prepare_lora(model: nn.Module, spec: LoraSpec, seed: int) -> None:
     """Give ``model`` adapters of ``spec`` (base frozen). A model that already carries adapters of the same spec
     (e.g. an earlier, interrupted call on the same pipeline) keeps them: resuming then overwrites them from the
@@ -297,6 +308,8 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     stops training with a resumable checkpoint and the LoRA of the last completed step.
     publish_lora_to: a second place the LoRA is written to every time it is (e.g. the folder ComfyUI lists LoRAs
     from), so that copy follows the checkpoint even when the process is killed outright.
+    config.memory: the frozen base in fp8 and block swap, applied to the model (in place, for good) once its adapters
+    are added (``loop.place_frozen_base``); the model keeps them after training.
     Under torchrun (``distributed``) every rank calls this with the same arguments: each computes its share of a
     step's rows, rank 0 writes every file. shard_base: there, also shard the frozen base over the ranks (FSDP2).
     """
@@ -306,6 +319,7 @@ def train_dpo(pipeline, out_dir: str | os.PathLike, config: DPOTrainingConfig = 
     checkpoint = out_dir / CHECKPOINT_NAME
     model = pipeline.model
     device = next(model.parameters()).device
+    check_shard_base(shard_base, config.memory)
     if pairs is not None and batches is not None:
         raise ValueError("train_dpo: give either batches (winners; losers from the curriculum) or pairs, not both")
     if pairs is not None:

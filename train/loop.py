@@ -11,6 +11,9 @@ What it guarantees:
   Kill -9 cannot be caught: the last checkpoint written (every ``save_every`` steps) is what a resume starts from.
 * **Only trainable parameters** (``requires_grad``) are optimised, saved and averaged: freezing a tower or training
   LoRA adapters is a matter of what the caller leaves trainable.
+* **The frozen base can be kept small** (``MemoryConfig``): its Linear / Conv weights stored in fp8 and upcast per
+  layer, and block swap (only some fusion blocks on the device, the frozen weights of the others copied in per
+  block, in the forward and in the backward's recomputation). The trainable parameters keep their dtype and device.
 * **Several processes are one run** (``torchrun``, ``distributed``): each rank's loss is its share of the step's
   batch, their gradients are summed before the step, rank 0 alone writes checkpoints and shows progress. The
   logged loss is the batch's; the other logs (accuracies, margins) are means over the ranks of their own rows.
@@ -33,10 +36,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..runtime.block_swap import BlockSwap, enable_block_swap, installed_block_swap
+from ..runtime.fp8 import FP8_OPS, layer_weight_keys, quantize_to_fp8
+from ..runtime.fp8_matmul import upcast_only
 from ..runtime.reproducible_blas import reproducible_blas_status, resume_is_bit_identical
 from ..files.safetensors_io import CheckpointError, load_tensors, read_header, save_tensors_atomic
 from .distributed import all_gather_objects, all_reduce_grads, all_reduce_sum, current_world
-from .value_rules import one_of, positive, whole
+from .value_rules import ValueRuleError, one_of, positive, whole
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,27 @@ StepCallback = Callable[[int, dict], None]
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """How the frozen base is held while training (``place_frozen_base``); trainable parameters are never touched.
+
+    base_fp8: store the frozen Linear / Conv weights in float8_e4m3fn (half of bf16), upcast per layer to the dtype
+        the forward computes in (runtime/fp8.py's layers). Lossy: the base is rounded to 3 mantissa bits.
+    blocks_on_gpu: block swap (runtime/block_swap.py): keep this many fusion blocks on the device and copy the frozen
+        weights of the others in per block; None: every block on the device. Turns gradient checkpointing on (without
+        it the backward would hold every block's weights on the device anyway).
+    """
+
+    base_fp8: bool = False
+    blocks_on_gpu: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.base_fp8, bool):
+            raise ValueRuleError("MemoryConfig.base_fp8", "True or False", self.base_fp8)
+        if self.blocks_on_gpu is not None:
+            whole("MemoryConfig.blocks_on_gpu", self.blocks_on_gpu, 0)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int
     lr: float = 1e-3
@@ -61,7 +88,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float | None = 0.998      # None: no EMA
     precision: str = "fp32"              # PRECISIONS: "fp32" or "bf16" (autocast)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # on whenever memory.blocks_on_gpu is set
+    memory: MemoryConfig = MemoryConfig()
     save_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -71,6 +99,8 @@ class TrainConfig:
             whole(f"TrainConfig.{name}", getattr(self, name), low)
         positive("TrainConfig.lr", self.lr)
         one_of("TrainConfig.precision", self.precision, PRECISIONS)
+        if isinstance(self.memory, dict):
+            object.__setattr__(self, "memory", MemoryConfig(**self.memory))
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
@@ -127,6 +157,92 @@ def average_logs(window: list[dict]) -> dict[str, float]:
         for key, value in logs.items():
             totals.setdefault(key, []).append(value)
     return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
+# ---- the frozen base ------------------------------------------------------------------------------------------
+
+# torch.nn's layers -> runtime/fp8.py's, which compute with a weight stored in fp8 (cast per call).
+_FP8_LAYERS = {nn.Linear: FP8_OPS.Linear, nn.Conv1d: FP8_OPS.Conv1d, nn.Conv3d: FP8_OPS.Conv3d}
+
+
+def _fp8_layer(module: nn.Module) -> nn.Module:
+    """runtime/fp8.py's layer of ``module``'s shape holding ``module``'s very parameters, built through its own
+    constructor (so whatever state that class sets up is there) without allocating a weight."""
+    if isinstance(module, nn.Linear):
+        layer = FP8_OPS.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+    else:
+        layer = _FP8_LAYERS[type(module)](
+            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride, padding=module.padding,
+            dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
+            padding_mode=module.padding_mode, device="meta")
+    layer.weight, layer.bias = module.weight, module.bias
+    layer.train(module.training)
+    return layer
+
+
+def store_frozen_layers_in_fp8(model: nn.Module, work_device: str | torch.device | None = None) -> int:
+    """Store the frozen Linear / Conv weights of ``model`` in float8_e4m3fn (``quantize_to_fp8``), in place; returns
+    how many.
+
+    Trainable layers (LoRA factors), biases, norms and modulation tables keep their dtype, and the forward keeps
+    computing in the dtype it did (``compute_dtype`` is pinned to it). torch.nn layers are replaced by runtime/fp8.py's
+    (``FP8_OPS``); layers that already compute with fp8 weights (runtime/fp8.py's, ComfyUI's ``manual_cast`` ones,
+    which cast per call) keep their class. work_device: where the rounding is computed (a GPU rounds the weights of a
+    model held on the CPU far faster); the weights stay where they are.
+    """
+    joint = getattr(model, "diffusion_model", model)
+    if getattr(joint, "compute_dtype", False) is None:
+        joint.compute_dtype = joint.working_dtype()
+    converted = 0
+    with torch.no_grad():
+        for key in sorted(layer_weight_keys(joint)):
+            path = key[:-len(".weight")]
+            module = joint.get_submodule(path)
+            weight = module.weight
+            if weight.requires_grad or (weight.is_floating_point() and weight.element_size() == 1):
+                continue          # trainable, or fp8 already (an fp8 file loaded as stored)
+            if type(module) in _FP8_LAYERS:
+                parent, _, name = path.rpartition(".")
+                module = _fp8_layer(module)
+                setattr(joint.get_submodule(parent), name, module)
+            elif type(module) not in _FP8_LAYERS.values() and not getattr(module, "comfy_cast_weights", False):
+                raise ValueError(f"base_fp8: {key} is a {type(module).__name__}, a layer that does not cast its "
+                                 "weight per call, so it cannot compute with an fp8 weight (expected torch.nn's, "
+                                 "runtime/fp8.py's or ComfyUI's manual_cast layers)")
+            source = weight.data if work_device is None else weight.data.to(work_device)
+            weight.data = quantize_to_fp8(source).to(weight.device)
+            converted += 1
+        left = [name for name, t in [*joint.named_parameters(), *joint.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"base_fp8: runtime/fp8.py's layers hold state this conversion does not fill: "
+                               f"{left[:3]}")
+    return converted
+
+
+def place_frozen_base(model: nn.Module, memory: MemoryConfig, device: str | torch.device) -> BlockSwap | None:
+    """Apply ``memory`` to ``model`` for training on ``device``, after its trainable parameters are chosen (the
+    adapters added): fp8 storage of the frozen layers, then block swap with the trainable parameters resident.
+
+    A model that arrives with block swap (loaded for sampling with it) is swapped again for training, with
+    ``memory.blocks_on_gpu`` or else its own count: the adapters added since sit with the offloaded blocks.
+    Returns the block swap installed (None: every block on the device).
+    """
+    device = torch.device(device)
+    blocks_on_gpu = memory.blocks_on_gpu
+    swap = installed_block_swap(model)
+    if swap is not None:
+        device, blocks_on_gpu = swap.device, swap.blocks_on_gpu if blocks_on_gpu is None else blocks_on_gpu
+        swap.remove()
+        swap = None
+    if memory.base_fp8:
+        count = store_frozen_layers_in_fp8(model, device)
+        log.info("train: %d frozen layer weights stored in fp8", count)
+    if blocks_on_gpu is not None:
+        if not hasattr(model, "_fusion_block"):
+            raise ValueError(f"blocks_on_gpu: block swap needs a JointModel (fusion blocks), got "
+                             f"{type(model).__name__}")
+        swap = enable_block_swap(model, blocks_on_gpu, device, keep_trainable=True)
+    return swap
 
 
 # ---- checkpoint -----------------------------------------------------------------------------------------------
@@ -220,8 +336,9 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
     params = trainable_parameters(model)
     if not params:
         raise ValueError("train: the model has no trainable parameters (everything is frozen)")
+    swap = place_frozen_base(model, cfg.memory, device)
     if hasattr(model, "set_gradient_checkpointing"):
-        model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+        model.set_gradient_checkpointing(cfg.gradient_checkpointing or swap is not None)
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema = EMA(params, cfg.ema_decay) if cfg.ema_decay is not None else None
     state = TrainState()
@@ -245,7 +362,8 @@ def train(model: nn.Module, make_batch: BatchFn, loss_fn: LossFn, cfg: TrainConf
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     try:
-        with sigterm_interrupts(), torch.inference_mode(False), torch.enable_grad():
+        # upcast_only: fp8 base weights multiply the same way with and without grad (runtime/fp8_matmul.py)
+        with sigterm_interrupts(), torch.inference_mode(False), torch.enable_grad(), upcast_only():
             while state.step < cfg.steps:
                 started = time.perf_counter()
                 step = state.step
