@@ -44,6 +44,17 @@ def stream_sync_scales(args, both: float) -> tuple[float, float]:
             both if args.sync_scale_audio is None else args.sync_scale_audio)
 
 
+# runtime/compile.py's COMPILE_CHOICES (kept literal so --help needs no torch import; a test holds them equal).
+COMPILE_CHOICES = ("off", "regional")
+
+
+def add_compile_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="off",
+                        help="regional: torch.compile (inductor) one fusion block's computation once for all blocks; "
+                             "the first step is slower while it compiles, later ones faster on a GPU (needs Triton "
+                             "on CUDA, a C++ compiler on the CPU)")
+
+
 def add_lora_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", default=None, metavar="FILE",
                         help="a LoRA (.safetensors, e.g. from the DPO trainer), or 'embedded-sync': the embedded "

@@ -9,7 +9,9 @@ import argparse
 import logging
 import sys
 
-from .common import OVI_VARIANT_KEYS, add_lora_args, add_stream_sync_args, block_list_arg, interval_arg
+from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncAnchors
+from .common import OVI_VARIANT_KEYS, add_compile_arg, add_lora_args, add_stream_sync_args, block_list_arg, \
+    interval_arg
 from .generate import generate_command
 from .train import train_default_command
 from .train_dpo import add_train_dpo_arguments, train_dpo_command
@@ -53,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction range of the steps where sync guidance is on")
     gen.add_argument("--slg-blocks", type=block_list_arg, default=(), metavar="I,J",
                      help="blocks skipped in the text-negative pass (skip-layer guidance)")
+    gen.add_argument("--sync-anchors", choices=[a.value for a in SyncAnchors], default=DEFAULT_ANCHORS.value,
+                     help="what sync guidance pushes each stream away from (harmony: muted audio / static video, 4 "
+                          "passes a step; audio_alone and cross_modal_cut: 3)")
     gen.add_argument("--device", default="cpu")
     add_lora_args(gen)
+    add_compile_arg(gen)
 
     bench = commands.add_parser("bouncebench", help="write BounceBench clips (mp4 + caption .txt + ground-truth .json)")
     bench.add_argument("--out", required=True, help="output folder")

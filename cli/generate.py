@@ -17,6 +17,7 @@ def generate_command(args) -> int:
     from ..guidance.sync_cfg import SyncCFGGuidance
     from ..ovi.prompt import compose_prompts
     from ..ovi.variants import get_variant
+    from ..runtime.compile import apply_compile_choice
 
     started = time.perf_counter()
     # Everything that can be checked without the model, before it is loaded (an Ovi load takes minutes).
@@ -29,7 +30,8 @@ def generate_command(args) -> int:
     sync_video, sync_audio = stream_sync_scales(args, args.sync_scale)
     guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
                                sync_scale_video=sync_video, sync_scale_audio=sync_audio,
-                               sync_interval=args.sync_interval, slg_blocks=args.slg_blocks)
+                               sync_interval=args.sync_interval, slg_blocks=args.slg_blocks,
+                               anchors=args.sync_anchors)
     resolve_device(args.device, "--device")
     lora = load_lora_arg(args)
     check_output_path(args.out, "--out", suffixes=(".mp4",),
@@ -44,6 +46,7 @@ def generate_command(args) -> int:
         check_ovi_clip_memory(args)
         pipeline = build_ovi(args)
     apply_lora_arg(pipeline, args, lora)
+    apply_compile_choice(pipeline.model, getattr(args, "compile", "off"), "--compile")
     with torch.inference_mode():
         clip = generate_clip(pipeline, prompts.video_prompt, prompts.audio_prompt,
                              seconds=args.seconds, height_px=args.height, width_px=args.width, seed=args.seed,

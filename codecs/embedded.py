@@ -148,6 +148,12 @@ class TinyVideoCodec(VideoCodec):
         latent = blocks @ analysis.T                                                       # [B, Fv, Hv, Wv, 16]
         return latent.permute(0, 4, 1, 2, 3).contiguous()
 
+    def preview_rgb_factors(self) -> tuple[list[list[float]], list[float]]:
+        """Exact for this linear codec: each channel's basis vector averaged over its block, in -1..1 (a zero latent
+        is mid-grey, so no bias)."""
+        synthesis = (self.basis * self.coefficient_std[:, None]).reshape(self.latent_channels, -1, 3)
+        return (2 * synthesis.mean(dim=1)).tolist(), [0.0, 0.0, 0.0]
+
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, 16, Fv, Hv, Wv] -> frames [B, 2 Fv, 4 Hv, 4 Wv, 3] in 0..1 (clamped)."""
         _require_float("TinyVideoCodec.decode latent", latent, f"[B, {self.latent_channels}, Fv, Hv, Wv]")

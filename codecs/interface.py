@@ -47,6 +47,22 @@ class VideoCodec(ABC):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, Cv, Fv, Hv, Wv] -> frames [B, F, H, W, 3] in 0..1."""
 
+    def preview_rgb_factors(self) -> tuple[list[list[float]], list[float]] | None:
+        """(factors [Cv][3], bias [3]): a linear map from one latent pixel to its mean colour in -1..1, for cheap
+        previews while sampling (ComfyUI's ``latent_rgb_factors``); None when the codec has none."""
+        return None
+
+    def preview_frame(self, latent: torch.Tensor) -> torch.Tensor | None:
+        """latent [B, Cv, Fv, Hv, Wv] -> the middle latent frame of the first clip as colours [Hv, Wv, 3] in 0..1
+        (one pixel per latent pixel, through ``preview_rgb_factors``); None when the codec has no preview colours."""
+        rgb = self.preview_rgb_factors()
+        if rgb is None:
+            return None
+        factors = torch.tensor(rgb[0], dtype=torch.float32)
+        bias = torch.tensor(rgb[1] if rgb[1] is not None else [0.0, 0.0, 0.0], dtype=torch.float32)
+        frame = latent[0, :, latent.shape[2] // 2].detach().float().cpu()               # [Cv, Hv, Wv]
+        return ((frame.permute(1, 2, 0) @ factors + bias + 1) / 2).clamp(0, 1)
+
     def static_latent(self, latent_frames: int, height_px: int, width_px: int, grey_level: float = 0.5,
                       device=None, dtype=torch.float32) -> torch.Tensor:
         """Latent [1, Cv, Fv, Hv, Wv] of a frozen uniform frame: the 'static video' anchor of SyncCFG."""

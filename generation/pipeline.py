@@ -21,6 +21,7 @@ from ..codecs.interface import AudioCodec, VideoCodec
 from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from ..model.config import JointConfig, audio_rope_scale, get_preset
 from ..model.joint import JointModel
+from .packed_latent import PackedAVLayout, layout_of_packed
 from ..text.interface import EncodedText, TextEncoder
 from ..text.embedded import TinyTextEncoder
 
@@ -55,6 +56,7 @@ class AVPipeline:
     text_encoder: TextEncoder
     name: str = "custom"
     default_clip: ClipSize = EMBEDDED_CLIP
+    default_shift: float = 3.0     # the flow-matching shift the model samples best with (Ovi: 5)
     _anchor_cache: dict = field(default_factory=dict, repr=False)
 
     # ---- sizes --------------------------------------------------------------------------------------------
@@ -76,11 +78,21 @@ class AVPipeline:
                             + (1 if vc.causal_first_frame else 0))
         pt = self.model.config.video.patch_size[0]
         latent_frames = pt * max(1, math.ceil(latent_frames / pt))
-        frames = vc.num_frames(latent_frames)
-        audio_len = ac.latent_length(round(frames / vc.fps * ac.sample_rate))
+        audio_len = self.audio_latent_length(latent_frames)
         video_shape = (batch, vc.latent_channels, latent_frames, height_px // vc.spatial_stride,
                        width_px // vc.spatial_stride)
         return video_shape, (batch, audio_len, ac.latent_channels)
+
+    def audio_latent_length(self, latent_frames: int) -> int:
+        """La: the audio latent steps that cover the same seconds as a video latent of ``latent_frames``."""
+        vc, ac = self.video_codec, self.audio_codec
+        return ac.latent_length(round(vc.num_frames(latent_frames) / vc.fps * ac.sample_rate))
+
+    def packed_layout(self, packed_shape) -> PackedAVLayout:
+        """Where video and audio sit in a packed latent [B, Cv, F, H, W + Wa] (generation/packed_latent.py)."""
+        if len(packed_shape) == 5:    # channels first: a latent of other codecs would fit no layout at all
+            self.check_latent(packed_shape, (1, 1, self.audio_codec.latent_channels))
+        return layout_of_packed(packed_shape, self.audio_latent_length, self.audio_codec.latent_channels)
 
     def check_latent(self, video_shape, audio_shape, what: str = "latent") -> None:
         """Refuse latents made for other codecs (video [B, Cv, ...] / audio [B, La, Ca] channel counts)."""

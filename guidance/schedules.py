@@ -80,6 +80,12 @@ def make_scheduler(solver: str, steps: int, shift: float, device=None):
     return scheduler
 
 
+def flow_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """The noise levels [steps + 1] (1 down to a terminal 0) ``FlowSolver`` evaluates the model at, for samplers that
+    take sigmas (ComfyUI's): the Wan/Ovi grid, so a guider run with them matches ``sample_av``."""
+    return FlowSolver("euler", steps, shift).sigmas.clone()
+
+
 class FlowSolver:
     """One modality's solver: the noise levels to evaluate the model at, and the state of a multistep update.
 

@@ -10,17 +10,20 @@ from comfy_api.latest import ComfyExtension, io
 from .dataset import SyncAVDataset
 from .decode import SyncAVDecode
 from .dpo_trainer import SyncAVDPOTrainer
+from .guider import SyncAVGuider
 from .latent import SyncAVEmptyLatent
 from .loader import SyncAVLoader
 from .lora import SyncAVLoadLoRA, SyncAVSaveLoRA
 from .metrics import SyncAVBounceBench, SyncAVSyncMetric
 from .negatives import SyncAVNegatives
 from .sampler import SyncAVSampler
+from .schedule import SyncAVNoise, SyncAVSigmas
 from .text_encode import SyncAVTextEncode
 
 NODES: tuple[type[io.ComfyNode], ...] = (
     SyncAVLoader, SyncAVTextEncode, SyncAVEmptyLatent, SyncAVSampler, SyncAVDecode, SyncAVSyncMetric,
-    SyncAVBounceBench, SyncAVDataset, SyncAVNegatives, SyncAVDPOTrainer, SyncAVSaveLoRA, SyncAVLoadLoRA)
+    SyncAVBounceBench, SyncAVDataset, SyncAVNegatives, SyncAVDPOTrainer, SyncAVSaveLoRA, SyncAVLoadLoRA,
+    SyncAVGuider, SyncAVSigmas, SyncAVNoise)
 
 
 class SyncAVExtension(ComfyExtension):

@@ -4,9 +4,8 @@ Node modules import ComfyUI's node API (``comfy_api.latest``, the V3 schema), th
 each other. The rest of ComfyUI (``comfy``, ``folder_paths``) is imported here only, inside functions. When
 ComfyUI's runtime is not importable (unit tests and scripts, with ComfyUI's source on the path for the node API):
 
-* ``wrap_model`` returns a ``StandInPatcher`` (same ``.model`` / ``load_device`` / ``offload_device`` attributes
-  as ``comfy.model_patcher.ModelPatcher``, no-op loading);
-* ``step_progress`` shows a tqdm bar (or nothing if tqdm is missing) instead of ComfyUI's ProgressBar;
+* ``wrap_model`` returns a ``StandInPatcher`` (ModelPatcher's ``.model`` / ``load_device`` / ``offload_device``);
+* ``StepProgress`` shows a tqdm bar (or nothing if tqdm is missing) instead of ComfyUI's ProgressBar;
 * ``operations`` is None (the library's torch.nn layers) instead of ``comfy.ops.manual_cast``;
 * ``diffusion_model_names`` lists nothing and ``diffusion_model_path`` only resolves existing paths;
   ``find_model_file`` searches ``$SYNCAV_MODELS_DIR`` (default ``./models``);
@@ -29,8 +28,9 @@ from ..files.atomic import is_hidden_or_temporary
 from ..files.model_folders import default_models_dir, folder_tree_finder, folder_tree_paths
 from ..files.safetensors_io import CheckpointError
 from ..runtime.lora import load_lora
+from ..runtime.trainable_copy import trainable_deep_copy
 from ..text.comfy_clip import ComfyClipTextEncoder, check_umt5_xxl_file
-from .comfy_types import StandInPatcher, SyncAVModel
+from .comfy_types import PackedLatentFormat, StandInPatcher, SyncAVModel
 
 DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder name (models/diffusion_models and models/unet)
 _COMFY_MODULES = ("comfy.model_management", "comfy.model_patcher", "comfy.ops", "comfy.utils", "folder_paths")
@@ -81,9 +81,13 @@ def offload_device() -> torch.device:
 def operations():
     """Layer namespace for the joint model: ``comfy.ops.manual_cast`` inside ComfyUI (its layers cast weights to the
     input's dtype and device per forward, so ComfyUI can store them in another dtype and stream them in lowvram
-    mode; they skip weight init, so weights must be loaded into them), None (torch.nn) outside."""
+    mode; they skip weight init, so weights must be loaded into them), None (torch.nn) outside. Where the load
+    device has fp8 tensor cores, manual_cast whose Linear multiplies fp8 weights in fp8 (``fp8_compute_operations``)."""
     if comfy_available():
-        return _comfy("comfy.ops").manual_cast
+        from ..runtime.fp8_matmul import fp8_compute_operations, fp8_matmul_supported
+        ops = _comfy("comfy.ops")
+        fp8 = fp8_matmul_supported(load_device())
+        return fp8_compute_operations(ops.manual_cast, ops.cast_bias_weight) if fp8 else ops.manual_cast
     return None
 
 
@@ -102,14 +106,42 @@ def compute_dtype(weight_dtype: torch.dtype, supported_dtypes: Optional[list] = 
 
 # ------------------------------------------------------------------------------------------------ patcher
 
-def wrap_model(diffusion_model: nn.Module):
-    """Wrap a JointModel for ComfyUI: ``ModelPatcher(SyncAVModel(model))`` inside it, a StandInPatcher outside.
-    The model must already be on ``offload_device()``."""
-    module = SyncAVModel(diffusion_model)
+def wrap_model(pipeline):
+    """Wrap a pipeline's JointModel for ComfyUI: ``ModelPatcher(SyncAVModel(model))`` inside it, a StandInPatcher
+    outside. The model must already be on ``offload_device()``. Inside ComfyUI the module also carries what its
+    samplers read: flow-matching ``model_sampling`` at the pipeline's shift (sigma nodes, ModelSamplingSD3 and
+    the guider's first step) and a ``latent_format`` for the packed audio-video latent (previews)."""
+    rgb = pipeline.video_codec.preview_rgb_factors()
+    if rgb is None and comfy_available() and pipeline.video_codec.latent_channels == 48:
+        wan22 = _comfy("comfy.latent_formats").Wan22     # Ovi's video latent is the Wan2.2 VAE's
+        rgb = (wan22.latent_rgb_factors, getattr(wan22, "latent_rgb_factors_bias", None))
+    latent_format = PackedLatentFormat(pipeline.video_codec.latent_channels, *(rgb or (None, None)))
+    module = SyncAVModel(pipeline.model, shift=pipeline.default_shift, latent_format=latent_format)
     if comfy_available():
+        sampling = _comfy("comfy.model_sampling")
+
+        class FlowModelSampling(sampling.ModelSamplingDiscreteFlow, sampling.CONST):
+            """ComfyUI's flow-matching sampling (SD3/Wan's): x = (1 - sigma) x0 + sigma noise, shifted sigmas."""
+
+        module.model_sampling = FlowModelSampling(module.model_config)
         patcher_cls = _comfy("comfy.model_patcher").ModelPatcher
         return patcher_cls(module, load_device=load_device(), offload_device=offload_device())
     return StandInPatcher(module, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def comfy_module(name: str):
+    """A ComfyUI module, for nodes that work only inside a ComfyUI server (a clear error elsewhere)."""
+    if not comfy_available():
+        raise RuntimeError(f"this node needs a running ComfyUI ({name} is part of it)")
+    return _comfy(name)
+
+
+def nested_tensor_class():
+    """Current ComfyUI's ``NestedTensor`` (how it carries an audio-video latent), None where it has none (0.3.64)."""
+    try:
+        return _comfy("comfy.nested_tensor").NestedTensor if comfy_available() else None
+    except ImportError:
+        return None
 
 
 def load_for_sampling(patcher, memory_required: int = 0) -> torch.device:
@@ -129,8 +161,9 @@ class StepProgress:
     tqdm bar, or nothing. Use as a context manager so the tqdm bar is closed.
     """
 
-    def __init__(self, total: int, description: str = "SyncAV"):
+    def __init__(self, total: int, description: str = "SyncAV", preview: Optional[Callable] = None):
         self.total = int(total)
+        self._preview = preview     # video latent -> colours [H, W, 3] in 0..1 or None (the node's live preview)
         self._interrupt_check: Optional[Callable[[], None]] = None
         self._bar = None
         self._tqdm = None
@@ -147,11 +180,19 @@ class StepProgress:
 
     def __call__(self, step_index: int, total_steps: int, video=None, audio=None) -> None:
         if self._bar is not None:
-            self._bar.update_absolute(step_index + 1, total_steps)
+            self._bar.update_absolute(step_index + 1, total_steps, self._preview_image(video))
         if self._tqdm is not None:
             self._tqdm.update(1)
         if self._interrupt_check is not None:
             self._interrupt_check()
+
+    def _preview_image(self, video):
+        """ComfyUI's preview format, ("JPEG", PIL image, largest side), or None."""
+        colours = None if self._preview is None or video is None else self._preview(video)
+        if colours is None:
+            return None
+        from PIL import Image
+        return "JPEG", Image.fromarray((colours * 255).round().to(torch.uint8).numpy()), 512
 
     def close(self) -> None:
         if self._tqdm is not None:
@@ -401,23 +442,9 @@ def patch_with_lora(patcher, lora_tensors, strength_video: float, strength_audio
 
 
 def trainable_copy(patcher) -> nn.Module:
-    """A deep copy of the joint model inside ``patcher`` with the weights this MODEL samples with (inside ComfyUI
-    it is loaded first, fully, so LoRA patches it carries are in the weights), made outside inference mode with
-    every tensor a normal one (trainable), on the load device. The MODEL itself is never changed."""
-    import copy
-
+    """A trainable deep copy (runtime/trainable_copy.py) of the joint model inside ``patcher`` with the weights this
+    MODEL samples with (inside ComfyUI it is loaded first, fully, so LoRA patches it carries are in the weights), on
+    the load device. The MODEL itself is never changed."""
     if comfy_available() and not isinstance(patcher, StandInPatcher):
         _comfy("comfy.model_management").load_models_gpu([patcher], force_full_load=True)
-    device = torch.device(patcher.load_device)
-    with torch.inference_mode(False), torch.no_grad():
-        model = copy.deepcopy(patcher.model.diffusion_model)
-        for module in model.modules():
-            for name, param in list(module.named_parameters(recurse=False)):
-                if param.is_inference():
-                    setattr(module, name, nn.Parameter(param.clone(), requires_grad=param.requires_grad))
-            for name, buffer in list(module.named_buffers(recurse=False)):
-                if buffer.is_inference():
-                    module._buffers[name] = buffer.clone()
-        model = model.to(device)
-    return model
-
+    return trainable_deep_copy(patcher.model.diffusion_model, torch.device(patcher.load_device))

@@ -7,6 +7,7 @@ MODEL, IMAGE and AUDIO are shared with every other node pack, so those are check
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -83,7 +84,7 @@ def joint_model_of(model) -> JointModel:
     """The JointModel inside a MODEL from SyncAV Loader; a clear error for any other MODEL (the type MODEL is
     shared with every image and video model of ComfyUI, so ComfyUI's link check cannot tell them apart)."""
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(inner, JointModel):
+    if not isinstance(unwrapped(inner) if inner is not None else None, JointModel):
         what = type(getattr(model, "model", model)).__name__
         raise ValueError(f"model: expected the MODEL output of SyncAV Loader (a joint audio-video model), "
                          f"received a {what}; image/video models from other loaders cannot be sampled here")
@@ -129,29 +130,103 @@ class SyncAVNegativeSpec:
 
 @dataclass(frozen=True)
 class JointModelConfig:
-    """What ComfyUI's LoRA loaders read of a model's config: ``unet_config``. None of its UNet, MMDiT or Flux key
-    conversions applies to the joint model, so it is empty and the generic ``diffusion_model.<module path>`` keys
-    (a SyncAV LoRA file's own) cover every layer: core's Load LoRA (model only) then patches the joint model."""
+    """What ComfyUI reads of a model's config. ``unet_config`` for its LoRA loaders: none of its UNet, MMDiT or Flux
+    key conversions applies to the joint model, so it is empty and the generic ``diffusion_model.<module path>`` keys
+    (a SyncAV LoRA file's own) cover every layer: core's Load LoRA (model only) then patches the joint model.
+    ``sampling_settings``: the flow-matching shift ComfyUI's model sampling (and ModelSamplingSD3) starts from."""
 
     unet_config: dict = field(default_factory=dict)
+    sampling_settings: dict = field(default_factory=dict)
+
+
+class PackedLatentFormat:
+    """What ComfyUI reads of a latent format, for the packed audio-video latent [B, Cv, F, H, W + Wa]
+    (generation/packed_latent.py): its channels and rank (so an empty latent is left as it is), no scaling (the
+    codecs normalise their latents), and the codec's latent-to-RGB map for previews (the audio shows as a band at
+    the right edge)."""
+
+    latent_dimensions = 3
+    scale_factor = 1.0
+    taesd_decoder_name = None
+
+    def __init__(self, latent_channels: int, rgb_factors=None, rgb_bias=None):
+        self.latent_channels = int(latent_channels)
+        self.latent_rgb_factors = rgb_factors
+        self.latent_rgb_factors_bias = rgb_bias
+
+    def process_in(self, latent):
+        return latent
+
+    def process_out(self, latent):
+        return latent
+
+
+def av_latent(layout, video: torch.Tensor, audio: torch.Tensor, nested_class=None) -> dict:
+    """A ComfyUI LATENT of a clip: ``samples`` is current ComfyUI's NestedTensor((video, audio)) where it exists
+    (``nested_class``, from ``comfy_bridge.nested_tensor_class()``: graphs mixing SyncAV and core's audio-video
+    latent nodes then work), else the packed tensor (``layout.pack``, generation/packed_latent.py)."""
+    samples = nested_class([video, audio]) if nested_class is not None else layout.pack(video, audio)
+    return {"samples": samples}
+
+
+def split_av_latent(latent, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video [B, Cv, F, H, W], audio [B, La, Ca]) of a LATENT from SyncAV Empty AV Latent through any sampler
+    (nested or packed); a clear error for a latent of another model."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if getattr(samples, "is_nested", False):
+        video, audio = samples.unbind()[:2]
+        return video, audio
+    if not isinstance(samples, torch.Tensor):
+        raise ValueError("samples: expected a LATENT (a dict with 'samples'), received "
+                         f"{type(latent).__name__}")
+    return pipeline.packed_layout(tuple(samples.shape)).unpack(samples)
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The module under a ``torch.compile`` wrapper (core's TorchCompileModel patches the diffusion model so)."""
+    return getattr(module, "_orig_mod", module)
 
 
 class SyncAVModel(nn.Module):
-    """What the patcher wraps: a module whose ``diffusion_model`` is the JointModel.
+    """What the patcher wraps: a module whose ``diffusion_model`` is the JointModel, with what ComfyUI's sampling
+    stack reads of a model (``model_sampling`` is set by ``comfy_bridge.wrap_model`` inside ComfyUI).
 
     State-dict keys therefore read ``diffusion_model.<module path>``, ComfyUI's convention for LoRA key maps.
     ModelPatcher assigns ``.device`` itself, so it is a plain attribute here.
     """
 
-    def __init__(self, diffusion_model: nn.Module, device: torch.device | None = None):
+    def __init__(self, diffusion_model: nn.Module, device: torch.device | None = None, shift: float = 3.0,
+                 latent_format: PackedLatentFormat | None = None):
         super().__init__()
         self.diffusion_model = diffusion_model
         self.device = device
-        self.model_config = JointModelConfig()
+        self.model_config = JointModelConfig(sampling_settings={"shift": float(shift)})
+        channels = unwrapped(diffusion_model).config.video.in_channels
+        self.latent_format = latent_format or PackedLatentFormat(channels)
 
     def get_dtype(self) -> torch.dtype:
         """Dtype the weights are stored in (ModelPatcher.model_dtype reads it)."""
         return next(self.diffusion_model.parameters()).dtype
+
+    def process_latent_in(self, latent):
+        return self.latent_format.process_in(latent)
+
+    def process_latent_out(self, latent):
+        return self.latent_format.process_out(latent)
+
+    def memory_required(self, input_shape, cond_shapes=None) -> float:
+        """Bytes of activations a guided step needs beyond the weights, for ComfyUI's model management.
+
+        input_shape: the packed latent's [B, Cv, F, H, W + Wa] (ComfyUI doubles B for its two CFG rows; SyncCFG
+        runs up to four, hence 2 B rows here). Counts each token's widest tensors (the FFN's hidden layer and the
+        attention projections) in the compute dtype; the audio columns are counted as video tokens, which
+        over-states a little rather than under."""
+        config = unwrapped(self.diffusion_model).config
+        pt, ph, pw = config.video.patch_size
+        tokens = math.prod(input_shape[2:]) // (pt * ph * pw)
+        rows = 2 * int(input_shape[0])
+        width = config.video.ffn_dim + 6 * config.video.dim
+        return float(rows * tokens * width * 2)
 
     def forward(self, *args, **kwargs):
         return self.diffusion_model(*args, **kwargs)

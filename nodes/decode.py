@@ -1,4 +1,4 @@
-"""SyncAV Decode: SYNCAV_LATENT -> IMAGE frames + AUDIO + fps, ready for native CreateVideo -> SaveVideo."""
+"""SyncAV Decode: SYNCAV_LATENT (or a LATENT) -> IMAGE frames + AUDIO + fps, ready for native CreateVideo -> SaveVideo."""
 
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ class SyncAVDecode(io.ComfyNode):
                         "rate; Create Video (images, fps, audio) then Save Video writes an mp4. A batch of clips "
                         "plays one after another.",
             inputs=[comfy_types.CODECS.Input("codecs", tooltip="The codecs from SyncAV Loader."),
-                    comfy_types.LATENT.Input("latent", tooltip="The latent from a SyncAV sampler.")],
+                    comfy_types.LATENT.Input("latent", optional=True,
+                                             tooltip="The latent from the SyncAV SyncCFG Sampler."),
+                    io.Latent.Input("samples", optional=True,
+                                    tooltip="Or a LATENT from SamplerCustomAdvanced (SyncAV SyncCFG Guider); "
+                                            "connect one of the two.")],
             outputs=[
                 comfy_types.output(io.Image, "images", "Every frame of every clip, clip after clip ([clips x "
                                                         "frames, H, W, 3])."),
@@ -29,8 +33,13 @@ class SyncAVDecode(io.ComfyNode):
             ])
 
     @classmethod
-    def execute(cls, codecs, latent) -> io.NodeOutput:
-        clip = latents_to_clip(codecs.pipeline, latent["video"], latent["audio"])
+    def execute(cls, codecs, latent=None, samples=None) -> io.NodeOutput:
+        if (latent is None) == (samples is None):
+            raise ValueError("SyncAV Decode: connect exactly one of 'latent' (SyncAV SyncCFG Sampler) and 'samples' "
+                             "(SamplerCustomAdvanced)")
+        video, audio = ((latent["video"], latent["audio"]) if latent is not None
+                        else comfy_types.split_av_latent(samples, codecs.pipeline))
+        clip = latents_to_clip(codecs.pipeline, video, audio)
         frames = clip.frames                                              # [B, F, H, W, 3]
         images = frames.reshape(-1, *frames.shape[2:]).contiguous()       # [B * F, H, W, 3]
         audio = {"waveform": clip.waveform.contiguous(), "sample_rate": int(clip.sample_rate_hz)}

@@ -1,4 +1,4 @@
-"""SyncAV Empty AV Latent, and the SYNCAV_LATENT value it makes.
+"""SyncAV Empty AV Latent, and the SYNCAV_LATENT value it makes (and the same clip as a ComfyUI LATENT).
 
 SYNCAV_LATENT is a dict: ``{"video": [B, Cv, Fv, Hv, Wv], "audio": [B, La, Ca], "fps": float, "sample_rate": int}``
 (latents float32 on the CPU between nodes; fps and sample_rate are the codecs' rates, so the clip's seconds are
@@ -12,7 +12,8 @@ from comfy_api.latest import io
 
 from ..codecs.embedded import TINY_AUDIO_SAMPLE_RATE_HZ, TINY_VIDEO_FPS
 from ..generation.pipeline import EMBEDDED_CLIP, EMBEDDED_PIXEL_MULTIPLE
-from . import comfy_types
+from ..generation.packed_latent import PackedAVLayout
+from . import comfy_bridge, comfy_types
 
 
 class SyncAVEmptyLatent(io.ComfyNode):
@@ -39,12 +40,17 @@ class SyncAVEmptyLatent(io.ComfyNode):
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Number of clips sampled together."),
             ],
             outputs=[comfy_types.output(comfy_types.LATENT, "latent",
-                                         "An empty audio-video latent for a SyncAV sampler.")])
+                                         "An empty audio-video latent for the SyncAV SyncCFG Sampler."),
+                     comfy_types.output(io.Latent, "samples",
+                                        "The same clip as a ComfyUI LATENT, for SamplerCustomAdvanced with the SyncAV "
+                                        "SyncCFG Guider (both streams in one latent).")])
 
     @classmethod
     def execute(cls, codecs, seconds: float, width: int, height: int, batch_size: int = 1) -> io.NodeOutput:
         # The pipeline's error names seconds or height/width and the multiple it needs.
         video_shape, audio_shape = codecs.latent_shapes(float(seconds), int(height), int(width), int(batch_size))
-        latent = {"video": torch.zeros(video_shape), "audio": torch.zeros(audio_shape),
-                  "fps": codecs.fps, "sample_rate": codecs.sample_rate}
-        return io.NodeOutput(latent)
+        video, audio = torch.zeros(video_shape), torch.zeros(audio_shape)
+        latent = {"video": video, "audio": audio, "fps": codecs.fps, "sample_rate": codecs.sample_rate}
+        samples = comfy_types.av_latent(PackedAVLayout(video_shape, audio_shape), video, audio,
+                                        comfy_bridge.nested_tensor_class())
+        return io.NodeOutput(latent, samples)

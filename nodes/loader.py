@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ..ovi.checkpoint_choice import DTYPES, EMBEDDED_DEFAULT, EMBEDDED_SYNC_TUNED, LoadHost, load_checkpoint_choice
 from ..ovi.variants import PRESET_LABELS
+from ..runtime.compile import COMPILE_CHOICES, apply_compile_choice
 from . import comfy_bridge, comfy_types
 
 
@@ -56,6 +57,12 @@ class SyncAVLoader(io.ComfyNode):
                     "Weight dtype in memory. auto: as stored in the file (fp32 for the embedded default; an fp8 "
                     "file stays fp8 and computes in bf16). Where the device cannot compute in it, ComfyUI "
                     "computes in a wider dtype.")),
+                io.Combo.Input("compile", options=list(COMPILE_CHOICES), default="off", optional=True, tooltip=(
+                    "regional: torch.compile (inductor) compiles the computation of one fusion block once and runs "
+                    "every block through it, so compiling takes a fraction of compiling the whole model. The first "
+                    "sampling step is slower while it compiles (again at a new size or batch, or when training); "
+                    "later steps are faster. Needs Triton on a CUDA GPU (a C++ compiler on the CPU). ComfyUI's own "
+                    "TorchCompileModel node compiles the whole model instead; use one or the other.")),
             ],
             outputs=[
                 comfy_types.output(io.Model, "model", "The joint audio-video diffusion model (for SyncAV samplers "
@@ -67,7 +74,8 @@ class SyncAVLoader(io.ComfyNode):
             ])
 
     @classmethod
-    def execute(cls, checkpoint: str, dtype: str) -> io.NodeOutput:
+    def execute(cls, checkpoint: str, dtype: str, compile: str = "off") -> io.NodeOutput:
         pipeline = load_checkpoint_choice(checkpoint, dtype, _comfy_host())
-        patcher = comfy_bridge.wrap_model(pipeline.model)
+        apply_compile_choice(pipeline.model, compile)
+        patcher = comfy_bridge.wrap_model(pipeline)
         return io.NodeOutput(patcher, comfy_types.SyncAVCodecs(pipeline), pipeline.text_encoder)

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..generation.generate import MAX_SEED, initial_noise
 from ..guidance.schedules import MAX_SAMPLING_STEPS, SOLVERS
-from ..guidance.sync_cfg import SyncCFGGuidance, parse_block_list
+from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncAnchors, SyncCFGGuidance, parse_block_list
 from . import comfy_bridge, comfy_types
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class SyncAVSampler(io.ComfyNode):
                 io.String.Input("slg_blocks", default="", multiline=False,
                                 tooltip="Skip-layer guidance: comma-separated block indices (e.g. '1, 2') skipped "
                                         "in the negative pass. Empty: off. Needs a text scale other than 1."),
+                io.Combo.Input("anchors", options=[a.value for a in SyncAnchors], default=DEFAULT_ANCHORS.value,
+                               optional=True, tooltip="What each stream's sync guidance pushes it away from "
+                                                      "(SyncAV SyncCFG Guider's tooltip lists the choices)."),
             ],
             outputs=[comfy_types.output(comfy_types.LATENT, "latent",
                                          "The denoised audio-video latent (decode it with SyncAV Decode).")])
@@ -67,7 +70,8 @@ class SyncAVSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, latent, codecs, seed: int, steps: int, solver: str, shift: float,
                 text_scale_video: float, text_scale_audio: float, sync_scale_video: float,
-                sync_scale_audio: float, sync_start: float, sync_end: float, slg_blocks: str = "") -> io.NodeOutput:
+                sync_scale_audio: float, sync_start: float, sync_end: float, slg_blocks: str = "",
+                anchors: str = DEFAULT_ANCHORS.value) -> io.NodeOutput:
         from ..guidance.sampling import sample_av  # imports diffusers (schedulers): only when a clip is sampled
 
         joint = comfy_types.joint_model_of(model)
@@ -76,13 +80,13 @@ class SyncAVSampler(io.ComfyNode):
         blocks = parse_block_list(slg_blocks, "slg_blocks", joint.config.num_blocks)
         guidance = SyncCFGGuidance(text_scale_video=text_scale_video, text_scale_audio=text_scale_audio,
                                    sync_scale_video=sync_scale_video, sync_scale_audio=sync_scale_audio,
-                                   sync_interval=(sync_start, sync_end), slg_blocks=blocks)
+                                   sync_interval=(sync_start, sync_end), slg_blocks=blocks, anchors=anchors)
         if blocks and not guidance.needs_negative:
             log.warning("SyncAV sampler: slg_blocks %s have no effect while both text scales are 1", blocks)
         noise_video, noise_audio = initial_noise(video_shape, audio_shape, seed)
         device = comfy_bridge.load_for_sampling(model)
         anchors = codecs.anchors(video_shape, audio_shape, device=device) if guidance.needs_anchors else None
-        with comfy_bridge.StepProgress(steps, "SyncAV sampling") as progress:
+        with comfy_bridge.StepProgress(steps, "SyncAV sampling", preview=codecs.video_codec.preview_frame) as progress:
             video, audio = sample_av(joint, noise_video.to(device), noise_audio.to(device),
                                      positive=conditioning.positive, negative=conditioning.negative,
                                      anchors=anchors, guidance=guidance, steps=int(steps), solver=solver,

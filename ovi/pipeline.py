@@ -18,7 +18,7 @@ import torch
 from ..model.checkpoint import CONFIG_METADATA_KEY, load_joint_model
 from ..codecs.interface import AudioCodec, VideoCodec
 from ..model.config import TowerConfig, get_preset
-from .sizes import audio_latent_length, frames_for_seconds, rope_scale_from_codecs, snap_size_to_area, \
+from .sizes import OVI_SHIFT, audio_latent_length, frames_for_seconds, rope_scale_from_codecs, snap_size_to_area, \
     video_latent_frames
 from .variants import OviFiles, OviVariant
 from ..generation.pipeline import AVPipeline, ClipSize
@@ -83,7 +83,8 @@ class OviTextEncoder(TextEncoder):
 
 
 def umt5_loader(weights_path: str, config_dir: str, device=None, dtype: torch.dtype = torch.bfloat16,
-                expected_dim: int | None = None, max_length: int = OVI_TEXT_LENGTH) -> Callable[[], TextEncoder]:
+                expected_dim: int | None = None, max_length: int = OVI_TEXT_LENGTH,
+                offload_device=None) -> Callable[[], TextEncoder]:
     """A ``load`` callable for OviTextEncoder: UMT5-XXL through transformers from local files (text/umt5.py).
 
     expected_dim: refuse a config of another width before reading the weights (the OviTextEncoder checks the
@@ -93,7 +94,8 @@ def umt5_loader(weights_path: str, config_dir: str, device=None, dtype: torch.dt
         from ..text.umt5 import UMT5TextEncoder
 
         return UMT5TextEncoder(weights_path, config_path=config_dir, tokenizer_path=config_dir,
-                               max_length=max_length, expected_dim=expected_dim, device=device, dtype=dtype)
+                               max_length=max_length, expected_dim=expected_dim, device=device, dtype=dtype,
+                               offload_device=offload_device)
     return load
 
 
@@ -131,9 +133,13 @@ class OviPipeline(AVPipeline):
                         self.variant.seconds, seconds)
         frames = frames_for_seconds(seconds, vc.fps, vc.temporal_stride)
         latent_frames = video_latent_frames(frames, vc.temporal_stride)
-        audio_len = audio_latent_length(latent_frames, vc.fps, vc.temporal_stride)
         return ((batch, vc.latent_channels, latent_frames, height // vc.spatial_stride, width // vc.spatial_stride),
-                (batch, audio_len, ac.latent_channels))
+                (batch, self.audio_latent_length(latent_frames), ac.latent_channels))
+
+    def audio_latent_length(self, latent_frames: int) -> int:
+        """La as Ovi sizes it: 31 video latent frames -> 157 audio latents."""
+        vc = self.video_codec
+        return audio_latent_length(latent_frames, vc.fps, vc.temporal_stride)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -206,6 +212,7 @@ def build_ovi_pipeline(variant: OviVariant, files: OviFiles | None = None, *, mo
                            name=name or variant.label, variant=variant)
     # The clip Ovi makes by default: the variant's length and its frame size as Ovi snaps it (720x720 -> 704x704).
     pipeline.default_clip = ClipSize(variant.seconds, *pipeline.frame_size(variant.height_px, variant.width_px))
+    pipeline.default_shift = OVI_SHIFT
     return pipeline
 
 
@@ -217,8 +224,11 @@ def _text_encoder_for(tower: TowerConfig, variant: OviVariant, model_path: str, 
         raise ValueError("build_ovi_pipeline: give text_encoder or text_encoder_files, not both")
     if files is not None:
         weights, config_dir = files
+        # On a GPU the encoder waits in CPU memory between prompts: the joint model and the VAE need the room.
+        offload = "cpu" if torch.device(device or "cpu").type != "cpu" else None
         text_encoder = OviTextEncoder(umt5_loader(weights, config_dir, device=device, expected_dim=tower.text_dim,
-                                                  max_length=tower.text_len), variant.prompt_style)
+                                                  max_length=tower.text_len, offload_device=offload),
+                                      variant.prompt_style)
     if text_encoder is None:
         def not_configured() -> TextEncoder:
             raise FileNotFoundError("Ovi text encoder: none configured; build the pipeline with text_encoder_files="

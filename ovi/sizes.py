@@ -19,6 +19,7 @@ import math
 from ..model.config import audio_rope_scale
 
 OVI_FPS = 24.0
+OVI_SHIFT = 5.0                  # the flow-matching shift Ovi samples with (its inference config)
 OVI_TEMPORAL_STRIDE = 4          # frames per latent frame after the causal first frame (Wan2.2 VAE)
 OVI_SPATIAL_STRIDE = 16          # pixels per latent pixel (Wan2.2 VAE)
 OVI_PIXEL_MULTIPLE = 32          # VAE stride x the transformer's 2x2 patch

@@ -160,3 +160,16 @@ def test_os_errors_become_one_line_naming_the_file(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(cli, "convert_command", disk_full)
     assert cli.main(["convert", "in.pth", "out.safetensors"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'clip.mp4'}: No space left on device"
+
+
+def test_generate_sync_anchors_change_the_clip_and_unknown_ones_are_refused(tmp_path, capsys):
+    def clip(anchors):
+        out = tmp_path / f"{anchors}.mp4"
+        assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
+                     "--sync-anchors", anchors, "--out", str(out)]) == 0
+        return out.read_bytes()
+
+    assert clip("cross_modal_cut") != clip("harmony")
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "ball", "--sync-anchors", "loud", "--out", str(tmp_path / "x.mp4")])
+    assert "invalid choice: 'loud'" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_node_contract(key):
 
 def test_display_names_are_distinct():
     names = [info(key)["display_name"] for key in NODE_CLASSES]
-    assert len(set(names)) == len(names) == 12
+    assert len(set(names)) == len(names) == 15
 
 
 def test_root_package_offers_the_nodes_through_comfy_entrypoint():
@@ -91,7 +91,7 @@ def generate(loaded, seed=0, video_prompt="a red ball bounces on the floor", aud
     settings.update(overrides)
     with torch.inference_mode():
         (conditioning,) = node("SyncAVTextEncode").encode(text_encoder, video_prompt, audio_prompt, "", "")
-        (latent,) = node("SyncAVEmptyLatent").generate(codecs, seconds, size, size, batch)
+        latent, _ = node("SyncAVEmptyLatent").generate(codecs, seconds, size, size, batch)
         (sampled,) = node("SyncAVSampler").sample(model, conditioning, latent, codecs, seed, steps,
                                                   slg_blocks=slg_blocks, **settings)
         return node("SyncAVDecode").decode(codecs, sampled), sampled
@@ -143,7 +143,7 @@ def sample_latent(loaded, steps=1, solver="euler", video_negative="", audio_nega
     with torch.inference_mode():
         (cond,) = node("SyncAVTextEncode").encode(text_encoder, "a red ball bounces on the floor",
                                                   "a thud at each bounce", video_negative, audio_negative)
-        (latent,) = node("SyncAVEmptyLatent").generate(codecs, 2.0, 32, 32, 1)
+        latent, _ = node("SyncAVEmptyLatent").generate(codecs, 2.0, 32, 32, 1)
         (out,) = node("SyncAVSampler").sample(model, cond, latent, codecs, 0, steps, solver=solver, **options)
     return out["video"], out["audio"]
 
@@ -251,10 +251,13 @@ def test_wrong_inputs_are_named(loaded):
     with pytest.raises(ValueError, match="model: expected the MODEL output of SyncAV Loader"):
         joint_model_of(object())
     # The SyncAV values have types of their own, so ComfyUI refuses a wrong link before a node runs.
-    def input_type(name, input_name):
-        return info(name)["input"]["required"][input_name][0]
+    def input_type(name, input_name, kind="required"):
+        return info(name)["input"][kind][input_name][0]
 
-    assert input_type("SyncAVDecode", "latent") == "SYNCAV_LATENT"
+    assert input_type("SyncAVDecode", "latent", "optional") == "SYNCAV_LATENT"
+    assert input_type("SyncAVDecode", "samples", "optional") == "LATENT"
+    with pytest.raises(ValueError, match="connect exactly one of 'latent'"):
+        node("SyncAVDecode").decode(None)
     assert input_type("SyncAVDecode", "codecs") == "SYNCAV_CODECS"
     assert input_type("SyncAVTextEncode", "text_encoder") == "SYNCAV_TEXT_ENCODER"
     assert info("SyncAVSampler")["output"] == ["SYNCAV_LATENT"] and info("SyncAVLoader")["output"][1:] == \
@@ -319,7 +322,7 @@ def test_sampler_drives_comfyuis_progress_bar_and_stops_at_once_on_cancel(loaded
     class Interrupted(Exception):
         pass
 
-    bars, checks, cancel_at_check = [], [], [None]
+    bars, checks, cancel_at_check, previews = [], [], [None], []
 
     class ProgressBar:
         def __init__(self, total):
@@ -328,6 +331,7 @@ def test_sampler_drives_comfyuis_progress_bar_and_stops_at_once_on_cancel(loaded
 
         def update_absolute(self, value, total=None, preview=None):
             self.values.append((value, total))
+            previews.append(preview)
 
     def throw_exception_if_processing_interrupted():
         checks.append(len(checks))
@@ -338,13 +342,22 @@ def test_sampler_drives_comfyuis_progress_bar_and_stops_at_once_on_cancel(loaded
                "comfy.model_management": SimpleNamespace(
                    throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted)}
     monkeypatch.setattr(comfy_bridge, "comfy_available", lambda: True)
-    monkeypatch.setattr(comfy_bridge, "_comfy", lambda name: modules[name])
+
+    def comfy_module(name):
+        if name not in modules:     # e.g. comfy.nested_tensor: absent, as in ComfyUI 0.3.64
+            raise ImportError(name)
+        return modules[name]
+
+    monkeypatch.setattr(comfy_bridge, "_comfy", comfy_module)
     forwards = []
     handle = joint_model_of(loaded[0]).register_forward_pre_hook(lambda module, args: forwards.append(1))
     try:
         generate(loaded, steps=4)
         assert [(bar.total, bar.values) for bar in bars] == [(4, [(1, 4), (2, 4), (3, 4), (4, 4)])]
         assert len(checks) == len(forwards) == 4
+        # Each step sends a live preview: the middle latent frame in colour (8 x 8 latent pixels for 32 x 32 px).
+        assert [(kind, image.size, size) for kind, image, size in previews] == [("JPEG", (8, 8), 512)] * 4
+        assert len({image.tobytes() for _, image, _ in previews}) == 4   # the picture changes as noise goes
         bars.clear(), forwards.clear()
         cancel_at_check[0] = len(checks) + 2                   # Cancel pressed during the second step
         with pytest.raises(Interrupted):
@@ -454,7 +467,7 @@ def test_ovi_preset_chain_with_a_clip_input(ovi_models_dir):
     assert not text_encoder.loaded   # the CLIP encoded: UMT5 was never loaded
 
     with torch.inference_mode():
-        (latent,) = node("SyncAVEmptyLatent").generate(codecs, 5.0, 720, 720, 1)
+        latent, _ = node("SyncAVEmptyLatent").generate(codecs, 5.0, 720, 720, 1)
     assert latent["video"].shape == (1, 48, 31, 44, 44) and latent["audio"].shape == (1, 157, 20)
     small = {"video": torch.zeros(1, 48, 3, 2, 2), "audio": torch.zeros(1, 11, 20), "fps": 24.0,
              "sample_rate": 16000}

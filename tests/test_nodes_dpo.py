@@ -57,7 +57,7 @@ def sample(model, loaded, steps=2):
     _, codecs, text_encoder = loaded
     with torch.inference_mode():
         (conditioning,) = node("SyncAVTextEncode").encode(text_encoder, "a red ball bouncing", "high clicks", "", "")
-        (latent,) = node("SyncAVEmptyLatent").generate(codecs, 1.0, 32, 32, 1)
+        latent, _ = node("SyncAVEmptyLatent").generate(codecs, 1.0, 32, 32, 1)
         (out,) = node("SyncAVSampler").sample(model, conditioning, latent, codecs, 3, steps, "euler", 3.0, 4.0, 4.0,
                                               2.0, 2.0, 0.0, 1.0)
     return out["video"], out["audio"]

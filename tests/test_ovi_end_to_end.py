@@ -216,7 +216,7 @@ def test_loader_preset_chain_from_text_to_frames_and_audio(models_dir):
     assert torch.equal(cond.negative[0].embeddings, negative.embeddings)
 
     with torch.inference_mode():
-        (latent,) = node("SyncAVEmptyLatent").generate(codecs, SECONDS, SIZE_PX, SIZE_PX, 1)
+        latent, _ = node("SyncAVEmptyLatent").generate(codecs, SECONDS, SIZE_PX, SIZE_PX, 1)
         assert latent["video"].shape == (1, 48, VIDEO_LATENT_FRAMES, 2, 2)
         assert latent["audio"].shape == (1, AUDIO_LATENTS, 20)
         (sampled,) = node("SyncAVSampler").sample(model, cond, latent, codecs, 0, 2, solver="euler", shift=5.0,

@@ -47,7 +47,7 @@ print(sorted(cls.GET_SCHEMA().node_id for cls in asyncio.run(extension.get_node_
                          env={**os.environ, "SYNCAV_NO_COMFYUI": "1"})
     assert out.returncode == 0, out.stderr
     names = eval(out.stdout.strip().splitlines()[-1])
-    assert len(names) == 12 and all(name.startswith("SyncAV") for name in names)
+    assert len(names) == 15 and all(name.startswith("SyncAV") for name in names)
     assert {"SyncAVLoader", "SyncAVTextEncode", "SyncAVEmptyLatent", "SyncAVSampler", "SyncAVDecode"} <= set(names)
 
 

@@ -162,6 +162,19 @@ def test_umt5_encodes_real_tokens_and_zeroes_the_rest(umt5_folder):
     assert torch.allclose(out.embeddings[2, :3], alone, atol=1e-5)
 
 
+def test_umt5_offloaded_between_encodes_moves_in_and_back_and_encodes_the_same(umt5_folder):
+    from comfyui_syncav.text.umt5 import UMT5TextEncoder
+
+    folder = umt5_folder[0]
+    kept = UMT5TextEncoder(folder, max_length=16, expected_dim=32).encode(["loud click", "a ball"])
+    offloaded = UMT5TextEncoder(folder, max_length=16, expected_dim=32, device="cpu", offload_device="cpu")
+    moves, to = [], offloaded.model.to
+    offloaded.model.to = lambda *args, **kwargs: (moves.append(str(args[0])), to(*args, **kwargs))[1]
+    out = offloaded.encode(["loud click", "a ball"])
+    assert moves == ["cpu", "cpu"]      # in to the compute device for the encode, then back to the offload device
+    assert torch.equal(out.embeddings, kept.embeddings) and torch.equal(out.lengths, kept.lengths)
+
+
 def test_umt5_truncates_with_a_warning(umt5_folder, caplog):
     from comfyui_syncav.text.umt5 import UMT5TextEncoder
 

@@ -35,13 +35,15 @@ class UMT5TextEncoder(TextEncoder):
     transformers and ComfyUI write them) with its config in ``config_path`` (a config.json or a folder holding
     one; default: the file's folder) and its tokenizer in ``tokenizer_path`` (default: the file's folder).
     ``expected_dim``: refuse an encoder of another width (4096 for Ovi). Run it in bfloat16 or float32 on real
-    weights: UMT5 overflows in float16.
+    weights: UMT5 overflows in float16. ``offload_device``: where the weights wait between encodes (e.g. "cpu" when
+    ``device`` is a GPU: UMT5-XXL's 11 GB then leave the GPU to the joint model and the VAE once prompts are
+    encoded, at the cost of one copy in and out per encode).
     """
 
     def __init__(self, path: str | os.PathLike, *, tokenizer_path: str | os.PathLike | None = None,
                  config_path: str | os.PathLike | None = None, max_length: int = 512,
                  expected_dim: int | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, offload_device: torch.device | str | None = None):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"UMT5TextEncoder: path {path!r} does not exist (expected a folder with "
@@ -74,7 +76,9 @@ class UMT5TextEncoder(TextEncoder):
             self.model = _load_single_file(UMT5EncoderModel, UMT5Config.from_dict(config), path, dtype)
         else:
             self.model = UMT5EncoderModel.from_pretrained(path, local_files_only=True, **_dtype_argument(dtype))
-        self.model.to(device=device, dtype=dtype).eval()
+        self.compute_device = torch.device(device) if device is not None else None
+        self.offload_device = torch.device(offload_device) if offload_device is not None else None
+        self.model.to(device=self.offload_device or device, dtype=dtype).eval()
         self.model.requires_grad_(False)
         self.dim = int(config["d_model"])
         self.max_length = max_length
@@ -100,10 +104,16 @@ class UMT5TextEncoder(TextEncoder):
         # masked) at a fraction of the cost; the rows are zero-padded to max_length afterwards.
         batch = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                                add_special_tokens=True, return_tensors="pt")
-        input_ids = batch["input_ids"].to(self.device)
-        mask = batch["attention_mask"].to(self.device)
-        with torch.no_grad():
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if self.offload_device is not None:
+            self.model.to(self.compute_device)
+        try:
+            input_ids = batch["input_ids"].to(self.device)
+            mask = batch["attention_mask"].to(self.device)
+            with torch.no_grad():
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        finally:
+            if self.offload_device is not None:
+                self.model.to(self.offload_device)
         hidden = torch.where(mask[..., None].bool(), hidden, torch.zeros((), dtype=hidden.dtype,
                                                                          device=hidden.device))
         return EncodedText(hidden, mask.sum(dim=1).to(torch.int64)).padded_to(self.max_length)

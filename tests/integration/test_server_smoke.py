@@ -16,7 +16,7 @@ def test_server_starts_and_package_imports(comfy_server):
     # V3 nodes: registered through comfy_entrypoint (its failures are only a warning in the log)
     assert "Error while calling comfy_entrypoint" not in log, comfy_server.log_tail()
     ours = sorted(name for name, entry in info.items() if entry["python_module"] == f"custom_nodes.{PACKAGE}")
-    assert len(ours) == 12 and all(name.startswith("SyncAV") for name in ours), ours
+    assert len(ours) == 15 and all(name.startswith("SyncAV") for name in ours), ours
     # ComfyUI logs every custom-node folder it imported in its "Import times for custom nodes" table
     assert any(PACKAGE in line and "seconds" in line for line in log.splitlines()), comfy_server.log_tail()
     # The package switched MKL's reproducible mode on before ComfyUI computed anything (runtime/reproducible_blas.py):

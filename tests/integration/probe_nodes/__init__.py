@@ -93,5 +93,38 @@ class SyncAVTestWeightReport:
         return {"ui": {"text": [json.dumps(report, sort_keys=True)]}}
 
 
-NODE_CLASS_MAPPINGS = {"SyncAVTestWeightReport": SyncAVTestWeightReport}
-NODE_DISPLAY_NAME_MAPPINGS = {"SyncAVTestWeightReport": "SyncAV test: weight report"}
+class SyncAVTestSaveLatents:
+    """A clip's latents -> a .pt file in the output folder (video and audio, float32), for tests to compare runs
+    of different graphs; with ``guider``, also how often the sampler asked it to denoise and how many forwards of
+    the joint model that took."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"codecs": ("SYNCAV_CODECS",), "name": ("STRING", {"default": "latents"})},
+                "optional": {"latent": ("SYNCAV_LATENT",), "samples": ("LATENT",), "guider": ("GUIDER",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = "testing"
+
+    def save(self, codecs, name, latent=None, samples=None, guider=None):
+        import folder_paths
+
+        if latent is not None:
+            video, audio = latent["video"], latent["audio"]
+        else:
+            packed = samples["samples"]
+            video, audio = codecs.pipeline.packed_layout(tuple(packed.shape)).unpack(packed)
+        record = {"video": video.float().cpu(), "audio": audio.float().cpu()}
+        if guider is not None:
+            record["denoise_calls"] = guider.denoise_calls
+            record["model_forwards"] = guider.model_forwards
+        path = f"{folder_paths.get_output_directory()}/{name}.pt"
+        torch.save(record, path)
+        return {"ui": {"text": [path]}}
+
+
+NODE_CLASS_MAPPINGS = {"SyncAVTestWeightReport": SyncAVTestWeightReport, "SyncAVTestSaveLatents": SyncAVTestSaveLatents}
+NODE_DISPLAY_NAME_MAPPINGS = {"SyncAVTestWeightReport": "SyncAV test: weight report",
+                              "SyncAVTestSaveLatents": "SyncAV test: save latents"}
