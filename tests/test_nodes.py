@@ -705,3 +705,21 @@ def test_loader_sync_tuned_choice_merges_the_shipped_lora(loaded, tmp_path, monk
     monkeypatch.setattr(pipeline_module, "EMBEDDED_SYNC_LORA_FILE", tmp_path / "absent.safetensors")
     with pytest.raises(FileNotFoundError, match="sync LoRA"):
         node("SyncAVLoader").load(EMBEDDED_SYNC_TUNED, "auto")
+
+
+def test_the_model_carries_what_comfyuis_sampling_stack_reads(loaded):
+    model, codecs, _ = loaded
+    module = model.model
+    assert module.model_config.sampling_settings == {"shift": 3.0}        # the embedded default samples at shift 3
+    assert module.model_config.unet_config == {}
+    fmt = module.latent_format
+    assert (fmt.latent_channels, fmt.latent_dimensions, fmt.scale_factor) == (16, 3, 1.0)
+    assert fmt.latent_rgb_factors == codecs.video_codec.preview_rgb_factors()[0]   # previews in the clip's colours
+    x = torch.randn(1, 16, 16, 8, 12)
+    assert module.process_latent_in(x) is x and module.process_latent_out(x) is x
+    # Activation bytes grow with the clip's tokens and rows: ComfyUI frees that much before sampling.
+    config = joint_model_of(model).config
+    one = module.memory_required([1, 16, 16, 8, 12])
+    assert one == 2 * (16 * 8 * 12 // 4) * (config.video.ffn_dim + 6 * config.video.dim) * 2
+    assert module.memory_required([2, 16, 16, 8, 12]) == 2 * one
+    assert module.memory_required([1, 16, 32, 8, 12]) == 2 * one
