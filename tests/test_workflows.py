@@ -11,9 +11,9 @@ import json
 import math
 
 import pytest
-from workflow_files import (EVAL_SYNC, FRONTEND_ONLY_TYPES, GENERATE, GENERATE_OVI, SHIPPED, WORKFLOWS_DIR, api_workflow_names,
-                            combo_choices, is_file_name, load_api, load_object_info_fixture, load_ui,
-                            used_node_types, workflow_names)
+from workflow_files import (EVAL_SYNC, FRONTEND_ONLY_TYPES, GENERATE, GENERATE_OVI, GUIDER_SAMPLING, SHIPPED,
+                            WORKFLOWS_DIR, api_workflow_names, combo_choices, is_file_name, load_api,
+                            load_object_info_fixture, load_ui, used_node_types, workflow_names)
 
 from comfyui_syncav.headless.ui_to_api import ui_to_api
 from comfy_nodes import NODE_CLASSES, info
@@ -277,9 +277,39 @@ def test_snapshot_describes_our_nodes_as_they_are_now(key, object_info, monkeypa
 
 def test_a_second_run_of_the_generate_workflows_makes_a_new_clip_and_comparisons_stay_put():
     """The editor applies a seed's control_after_generate after each queued run: the generate workflows draw a new
-    seed (randomize), the eval workflow keeps its seed so both of its samplers start from the same noise."""
-    def seed_controls(name):
-        return [node["widgets_values"][1] for node in load_ui(name)["nodes"] if node["type"] == "SyncAVSampler"]
+    seed (randomize; the guider workflow's is SyncAV Noise's), the eval workflow keeps its seed so both of its samplers
+    start from the same noise."""
+    def seed_controls(name, node_type="SyncAVSampler"):
+        return [node["widgets_values"][1] for node in load_ui(name)["nodes"] if node["type"] == node_type]
 
     assert seed_controls(GENERATE) == ["randomize"] and seed_controls(GENERATE_OVI) == ["randomize"]
+    assert seed_controls(GUIDER_SAMPLING, "SyncAVNoise") == ["randomize"]
     assert seed_controls(EVAL_SYNC) == ["fixed", "fixed"]
+
+
+def test_guider_workflow_wires_core_sampling_the_way_that_makes_the_sampler_nodes_clip(object_info):
+    """SamplerCustomAdvanced gets SyncAV Noise, the SyncCFG Guider (default anchors), euler and SyncAV Sigmas and the
+    Empty AV Latent's LATENT: the settings that make the SyncCFG Sampler's clip (tests/integration/test_guider.py);
+    Decode reads the sampler's LATENT. The note's other samplers are choices of KSamplerSelect."""
+    from comfyui_syncav.guidance.sync_cfg import DEFAULT_ANCHORS
+
+    prompt = load_api(GUIDER_SAMPLING)
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append(node_id)
+    (sampling,) = by_type["SamplerCustomAdvanced"]
+    sources = {name: (prompt[link[0]]["class_type"], link[1]) for name, link in prompt[sampling]["inputs"].items()}
+    assert sources == {"noise": ("SyncAVNoise", 0), "guider": ("SyncAVSyncCFGGuider", 0),
+                       "sampler": ("KSamplerSelect", 0), "sigmas": ("SyncAVSigmas", 0),
+                       "latent_image": ("SyncAVEmptyLatent", 1)}
+    inputs = {class_type: prompt[ids[0]]["inputs"] for class_type, ids in by_type.items()}
+    assert inputs["KSamplerSelect"]["sampler_name"] == "euler"
+    assert (inputs["SyncAVSigmas"]["steps"], inputs["SyncAVSigmas"]["shift"]) == (25, 3.0)
+    assert inputs["SyncAVSyncCFGGuider"]["anchors"] == DEFAULT_ANCHORS.value
+    assert inputs["SyncAVDecode"]["samples"] == [sampling, 0] and "latent" not in inputs["SyncAVDecode"]
+    notes = "\n".join(node["widgets_values"][0] for node in load_ui(GUIDER_SAMPLING)["nodes"]
+                      if node["type"] == "MarkdownNote")
+    samplers = combo_choices(object_info["KSamplerSelect"]["input"]["required"]["sampler_name"])
+    for name in ("dpmpp_2m", "uni_pc", "res_multistep"):
+        assert f"`{name}`" in notes and name in samplers, name
+    assert "BasicScheduler" in notes

@@ -24,7 +24,8 @@ EVAL_SYNC = "SyncAV - sync eval, SyncCFG vs plain CFG (CPU)"
 NEGATIVES_PREVIEW = "SyncAV - preview a temporal negative (CPU)"
 DPO_TRAIN_THEN_GENERATE = "SyncAV - DPO sync training, then generate (CPU)"
 GENERATE_OVI = "SyncAV - Ovi video with speech (GPU only)"
-SHIPPED = (GENERATE, EVAL_SYNC, NEGATIVES_PREVIEW, DPO_TRAIN_THEN_GENERATE, GENERATE_OVI)
+GUIDER_SAMPLING = "SyncAV - SyncCFG guider, ComfyUI samplers (CPU)"
+SHIPPED = (GENERATE, EVAL_SYNC, NEGATIVES_PREVIEW, DPO_TRAIN_THEN_GENERATE, GENERATE_OVI, GUIDER_SAMPLING)
 OBJECT_INFO_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "object_info.json"
 
 # Nodes that live only in the editor: they never reach the server and have no /object_info entry.

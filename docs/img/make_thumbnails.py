@@ -3,13 +3,15 @@
 
 A card shows what its workflow makes, not its graph. The CPU workflows are run here through the library with the
 settings their API files hold (prompt, seed, steps, solver, guidance scales, BounceBench clip, curriculum, DPO
-steps), and drawn as frames taken across each clip (32 px frames, upscaled without smoothing) above the clip's
-waveform, with a label. The Ovi workflow cannot run on a CPU: its card says what it needs. ComfyUI's template
-browser asks for NAME.jpg beside NAME.json and shows it in a square card (400x400 px is the size ComfyUI's docs
-recommend). From the repository root (about a minute on a CPU, most of it the DPO workflow's training):
+steps; the guider workflow's SamplerCustomAdvanced with euler and SyncAV Sigmas / Noise as the SyncCFG Sampler's
+euler solver, which makes the same clip), and drawn as frames taken across each clip (32 px frames, upscaled
+without smoothing) above the clip's waveform, with a label. The Ovi workflow cannot run on a CPU: its card says
+what it needs. ComfyUI's template browser asks for NAME.jpg beside NAME.json and shows it in a square card (400x400
+px is the size ComfyUI's docs recommend). From the repository root (about a minute on a CPU, most of it the DPO
+workflow's training):
 
     python docs/img/make_thumbnails.py
-    python docs/img/make_thumbnails.py --only generate eval     # some of: generate eval negatives dpo ovi icon
+    python docs/img/make_thumbnails.py --only generate eval     # some of: generate eval negatives dpo ovi guider icon
 
 Check each result by eye.
 """
@@ -45,6 +47,7 @@ WORKFLOWS = {
     "negatives": "SyncAV - preview a temporal negative (CPU)",
     "dpo": "SyncAV - DPO sync training, then generate (CPU)",
     "ovi": "SyncAV - Ovi video with speech (GPU only)",
+    "guider": "SyncAV - SyncCFG guider, ComfyUI samplers (CPU)",
 }
 
 
@@ -61,11 +64,12 @@ def inputs_of(nodes: dict, class_type: str, index: int = 0) -> dict:
 
 
 def guidance_of(sampler: dict):
-    from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance
+    from comfyui_syncav.guidance.sync_cfg import DEFAULT_ANCHORS, SyncCFGGuidance
 
     return SyncCFGGuidance(text_scale_video=sampler["text_scale_video"], text_scale_audio=sampler["text_scale_audio"],
                            sync_scale_video=sampler["sync_scale_video"], sync_scale_audio=sampler["sync_scale_audio"],
-                           sync_interval=(sampler["sync_start"], sampler["sync_end"]))
+                           sync_interval=(sampler["sync_start"], sampler["sync_end"]),
+                           anchors=sampler.get("anchors", DEFAULT_ANCHORS.value))
 
 
 def generate(pipeline, prompt: str, sampler: dict, latent: dict, seed: int):
@@ -241,6 +245,49 @@ def card_dpo(pipeline) -> Image.Image:
     return card
 
 
+def guider_as_sampler(nodes: dict) -> dict:
+    """The guider workflow's settings as the SyncCFG Sampler's inputs that make its clip: SamplerCustomAdvanced with
+    euler, SyncAV Sigmas and SyncAV Noise equals the SyncCFG Sampler's euler solver at the same steps, shift, seed
+    and scales (tests/integration/test_guider.py) when sync guidance covers every sigma."""
+    guider = inputs_of(nodes, "SyncAVSyncCFGGuider")
+    sampler_name = inputs_of(nodes, "KSamplerSelect")["sampler_name"]
+    if sampler_name != "euler" or (guider["sync_sigma_min"], guider["sync_sigma_max"]) != (0.0, 1.0):
+        raise ValueError(f"the guider card draws euler with sync guidance on every sigma, the workflow has "
+                         f"{sampler_name!r} and sync sigmas {guider['sync_sigma_min']}..{guider['sync_sigma_max']}")
+    return {**guider, **inputs_of(nodes, "SyncAVSigmas"), "seed": inputs_of(nodes, "SyncAVNoise")["noise_seed"],
+            "solver": "euler", "sync_start": 0.0, "sync_end": 1.0}
+
+
+def draw_box(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], text: str, colour=TEXT) -> None:
+    draw.rounded_rectangle(box, radius=6, fill=(44, 48, 58), outline=(90, 96, 110))
+    draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), text, font=font(14), fill=colour, anchor="mm")
+
+
+def card_guider(pipeline) -> Image.Image:
+    nodes = api_nodes("guider")
+    sampler, latent = guider_as_sampler(nodes), inputs_of(nodes, "SyncAVEmptyLatent")
+    prompt = inputs_of(nodes, "SyncAVTextEncode")["video_prompt"]
+    frames, waveform, _, _ = generate(pipeline, prompt, sampler, latent, sampler["seed"])
+    card, top = new_card("SyncCFG guider, any sampler")
+    draw = ImageDraw.Draw(card)
+    # The graph's middle: four sockets of SamplerCustomAdvanced and what feeds them.
+    feeds = ["SyncAV Noise", "SyncCFG Guider", f"KSamplerSelect: {inputs_of(nodes, 'KSamplerSelect')['sampler_name']}",
+             f"SyncAV Sigmas: {sampler['steps']} steps"]
+    row_px, box_px = 30, 24
+    target = (216, top + row_px - 4, 392, top + 3 * row_px)         # SamplerCustomAdvanced, its sockets on the left
+    for k, text in enumerate(feeds):
+        y = top + k * row_px
+        draw_box(draw, (8, y, 184, y + box_px), text, ACCENT if k == 1 else TEXT)
+        socket_y = target[1] + 8 + k * (target[3] - target[1] - 16) // 3
+        draw.line([(184, y + box_px // 2), (target[0], socket_y)], fill=MUTED, width=2)
+    draw_box(draw, target, "SamplerCustomAdvanced")
+    top += 4 * row_px + 10
+    top = clip_row(card, frames, waveform, top, 5, 75, 40, "the clip it makes", "each step: one batch") + 10
+    caption(card, f"\"{prompt}\"", top)
+    caption(card, "euler + SyncAV Sigmas/Noise = the SyncCFG Sampler", top + 20)
+    return card
+
+
 def card_ovi() -> Image.Image:
     card, top = new_card("Ovi: video with speech + sound")
     draw = ImageDraw.Draw(card)
@@ -304,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from comfyui_syncav.generation.pipeline import build_embedded_default
 
-    makers = {"generate": card_generate, "eval": card_eval, "negatives": card_negatives, "dpo": card_dpo}
+    makers = {"generate": card_generate, "eval": card_eval, "negatives": card_negatives, "dpo": card_dpo,
+              "guider": card_guider}
     for card in args.only:
         if card == "icon":
             icon().save(ICON_PATH)

@@ -19,8 +19,8 @@ import threading
 import time
 
 import pytest
-from workflow_files import (DPO_TRAIN_THEN_GENERATE, EVAL_SYNC, GENERATE, GENERATE_OVI, NEGATIVES_PREVIEW,
-                            WORKFLOWS_DIR, workflow_names)
+from workflow_files import (DPO_TRAIN_THEN_GENERATE, EVAL_SYNC, GENERATE, GENERATE_OVI, GUIDER_SAMPLING,
+                            NEGATIVES_PREVIEW, WORKFLOWS_DIR, workflow_names)
 
 from comfyui_syncav.cli import main
 from comfyui_syncav.headless import runner
@@ -30,7 +30,7 @@ from comfyui_syncav.files.safetensors_io import read_header
 
 CPU_WORKFLOWS = [name for name in workflow_names() if name != GENERATE_OVI]
 # What each CPU workflow saves: mp4 files, all of the shipped clip length.
-EXPECTED_MP4S = {GENERATE: 1, DPO_TRAIN_THEN_GENERATE: 1, EVAL_SYNC: 2, NEGATIVES_PREVIEW: 2}
+EXPECTED_MP4S = {GENERATE: 1, DPO_TRAIN_THEN_GENERATE: 1, EVAL_SYNC: 2, NEGATIVES_PREVIEW: 2, GUIDER_SAMPLING: 1}
 CLIP_SECONDS = 2.0
 # The DPO workflow's node ids (UI ids are kept by the conversion): trainer and Save LoRA.
 TRAINER, SAVE_LORA = "3", "5"
@@ -72,6 +72,8 @@ def test_the_cpu_workflows_are_the_shipped_ones():
 @pytest.mark.parametrize("workflow", CPU_WORKFLOWS)
 def test_workflow_runs_and_downloads_its_clips(comfy_server, capsys, tmp_path, workflow):
     overrides = dpo_overrides("it_runner_dpo", steps=2, save_every=2) if workflow == DPO_TRAIN_THEN_GENERATE else []
+    if workflow == GUIDER_SAMPLING:
+        overrides = ["7.steps=10"]     # SyncAV Sigmas: a shorter run, the same graph
     code, out, err, _ = run_cli(capsys, workflow, comfy_server, tmp_path / "out", *overrides)
     assert code == EXIT_OK, err[-3000:]
     assert "finished in" in err

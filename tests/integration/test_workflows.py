@@ -6,8 +6,9 @@
 * tests/fixtures/object_info.json matches the live server (with SYNCAV_UPDATE_OBJECT_INFO=1 it is rewritten from it
   instead: tests/fixtures/README.md).
 * Every API workflow but Ovi's runs on the CPU and its outputs are checked: mp4s with an audio track of the right
-  length, sync reports, the negative's rule; the LoRA the training workflow writes loads by name in another prompt,
-  equals the trainer's own file there, and changes the clip compared with strength 0.
+  length (the guider workflow's made through SamplerCustomAdvanced), sync reports, the negative's rule; the LoRA the
+  training workflow writes loads by name in another prompt, equals the trainer's own file there, and changes the clip
+  compared with strength 0.
 * The Ovi workflow passes validation on a server without any model file and fails at execution, in the Loader,
   with its "not found in models/..." message.
 """
@@ -22,9 +23,9 @@ import urllib.parse
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_files import (DPO_TRAIN_THEN_GENERATE, EVAL_SYNC, GENERATE, GENERATE_OVI, NEGATIVES_PREVIEW,
-                            OBJECT_INFO_FIXTURE, SHIPPED, WORKFLOWS_DIR, api_workflow_names, load_api,
-                            load_object_info_fixture, load_ui, prompt_of, snapshot_of, workflow_names)
+from workflow_files import (DPO_TRAIN_THEN_GENERATE, EVAL_SYNC, GENERATE, GENERATE_OVI, GUIDER_SAMPLING,
+                            NEGATIVES_PREVIEW, OBJECT_INFO_FIXTURE, SHIPPED, WORKFLOWS_DIR, api_workflow_names,
+                            load_api, load_object_info_fixture, load_ui, prompt_of, snapshot_of, workflow_names)
 
 from comfyui_syncav.headless.ui_to_api import ui_to_api
 from comfyui_syncav.files.atomic import write_text_atomic
@@ -37,6 +38,7 @@ from .conftest import PACKAGE_DIR_NAME
 EMBEDDED_FPS = 16.0
 EMBEDDED_SAMPLE_RATE_HZ = 8000
 LORA_NAME = "syncav_dpo_quick"
+QUICK_STEPS = 10           # sampling steps of a run that only checks what a workflow writes
 TIMINGS: dict[str, float] = {}
 
 
@@ -121,6 +123,19 @@ def test_generate_default(comfy_server):
     entry = run_timed(comfy_server, "generate", prompt_of(load_api(GENERATE)))
     (path,) = saved_videos(comfy_server, entry, "7")
     assert path.parent.name == "SyncAV" and path.name.startswith("clip_")
+    check_mp4(path, 2.0)
+
+
+def test_guider_sampling(comfy_server):
+    """SamplerCustomAdvanced (SyncAV Noise, the SyncCFG Guider, euler, SyncAV Sigmas) -> Decode(samples) -> mp4; at
+    the generate workflow's 10 steps instead of the shipped 25 (the clip's length and tracks do not depend on them)."""
+    prompt = prompt_of(load_api(GUIDER_SAMPLING))
+    (sigmas,) = [node for node in prompt.values() if node["class_type"] == "SyncAVSigmas"]
+    assert sigmas["inputs"]["steps"] == 25
+    sigmas["inputs"]["steps"] = QUICK_STEPS
+    entry = run_timed(comfy_server, "guider_sampling", prompt)
+    (path,) = saved_videos(comfy_server, entry, "11")
+    assert path.parent.name == "SyncAV" and path.name.startswith("guided_")
     check_mp4(path, 2.0)
 
 
