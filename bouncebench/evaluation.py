@@ -73,14 +73,26 @@ def score_clip(frames, waveform, fps: float, sample_rate_hz: float, real: Bounce
     return jsonable(record)
 
 
+def _chance_f1_per_clip(media: list[tuple]) -> list[float]:
+    """Event F1 of clip i's video against clip i + 1's audio (mod n), for each clip i of ``media``.
+
+    These are the pairs of ``chance_baseline``'s single rotation (its default, as ``_summarise`` calls it), so their
+    mean is its event_f1, and a clip's own margin F1_i - chance_i can be paired with another row's clip by clip.
+    """
+    videos = [analyze_video(frames, fps) for frames, _, fps, _ in media]
+    audios = [analyze_audio(waveform, rate) for _, waveform, _, rate in media]
+    return [score_pair(videos[i], audios[(i + 1) % len(media)])["event_f1"] for i in range(len(media))]
+
+
 def _summarise(records: list[dict], media: list[tuple]) -> tuple[dict, dict, dict]:
     """(summary in SUMMARY_KEYS order, mean sync report, chance report) of per-clip records and their media
     ``(frames, waveform, fps, sample_rate_hz)``."""
     sync = {key: finite_mean(r[key] for r in records) for key in REPORT_KEYS}
     if len(media) >= 2:
         chance = jsonable(chance_baseline(media))
+        chance["per_clip_event_f1"] = jsonable(_chance_f1_per_clip(media))
     else:  # one clip cannot be mismatched
-        chance = {key: None for key in REPORT_KEYS} | {"num_pairs": 0}
+        chance = {key: None for key in REPORT_KEYS} | {"num_pairs": 0, "per_clip_event_f1": [None] * len(media)}
     chance_f1 = chance["event_f1"]
     summary = {key: sync[key] for key in SYNC_KEYS}
     for key in QUALITY_KEYS:
@@ -145,7 +157,8 @@ def evaluate_bouncebench(pipeline, *, split: str = "val", seed: int = 0, clips: 
     audio), event_f1_margin (event_f1 - chance_event_f1); clips, num_audio_onsets, num_visual_events,
     num_true_impacts (means per clip), clips_with_blobs, chance_pairs; the settings (bench, split, variant, seed,
     seeds, guidance, steps, solver, shift, tolerance_ms, model); elapsed_s (wall-clock seconds); sync (the mean
-    of every sync_report key), chance (the full chance report); real (when asked: the same summary for the real
+    of every sync_report key), chance (the full chance report, plus per_clip_event_f1: clip i's video against clip
+    i + 1's audio, the pairs it averages, in seed order); real (when asked: the same summary for the real
     clips, with its own sync, chance and per_clip); per_clip (one record per seed, see ``score_clip``).
     """
     from ..generation.generate import check_fits_memory, clip_host_bytes, generate_clip  # only needed to generate

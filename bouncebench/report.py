@@ -4,10 +4,11 @@ JSON file itself is written by ``files.atomic.write_json_atomic``)."""
 from __future__ import annotations
 
 import math
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
-__all__ = ["jsonable", "finite_mean", "format_table"]
+__all__ = ["jsonable", "finite_mean", "PairedDifference", "paired_difference", "format_table"]
 
 
 def jsonable(value):
@@ -31,6 +32,34 @@ def finite_mean(values) -> float | None:
     """The mean of the finite values (None and NaN / inf left out); None when there is none."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return float(np.mean(finite)) if finite else None
+
+
+class PairedDifference(NamedTuple):
+    """Mean of ``other - base`` over paired clips, its standard error (None below 2 clips), the clips paired."""
+
+    mean: float
+    se: float | None
+    clips: int
+
+
+def paired_difference(base: Mapping, other: Mapping) -> PairedDifference | None:
+    """The mean difference ``other[k] - base[k]`` over the keys (clip seeds) both have a finite number for, and its
+    paired standard error ``std(d, ddof=1) / sqrt(n)``; None when no key pairs.
+
+    base / other: clip seed -> a per-clip number (None / NaN = undefined for that clip, left out). Pairing by clip
+    (same prompt, same noise) removes the clip-to-clip spread that unpaired means carry.
+    """
+    diffs = []
+    for key, value in other.items():
+        reference = base.get(key)
+        if value is None or reference is None or not math.isfinite(value) or not math.isfinite(reference):
+            continue
+        diffs.append(float(value) - float(reference))
+    if not diffs:
+        return None
+    d = np.asarray(diffs, dtype=np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else None
+    return PairedDifference(float(d.mean()), se, int(d.size))
 
 
 _TABLE_COLUMNS = (

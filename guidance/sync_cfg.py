@@ -44,7 +44,7 @@ class SyncAnchors(str, Enum):
 
 
 # The anchors a guidance gets when it names none (docs/results.md, "Sync anchors", has the measurement).
-DEFAULT_ANCHORS = SyncAnchors.HARMONY
+DEFAULT_ANCHORS = SyncAnchors.AUDIO_ALONE
 # The pass that gives each stream's anchor: anchors -> (pass for A_v, pass for A_a).
 ANCHOR_PASSES = {
     SyncAnchors.HARMONY: (Pass.MUTED_AUDIO, Pass.STATIC_VIDEO),

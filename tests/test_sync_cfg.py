@@ -13,9 +13,21 @@ import torch
 
 from comfyui_syncav.guidance.sampling import sample_av
 from comfyui_syncav.guidance.schedules import FlowSolver, make_scheduler
-from comfyui_syncav.guidance.sync_cfg import (Pass, StepScales, SyncCFGConditioning, SyncCFGGuidance,
-                                           combine_velocities, guided_velocity, plan_passes)
+from comfyui_syncav.guidance.sync_cfg import Pass, SyncAnchors, SyncCFGConditioning, combine_velocities, \
+    guided_velocity, plan_passes
+from comfyui_syncav.guidance.sync_cfg import StepScales as _StepScales
+from comfyui_syncav.guidance.sync_cfg import SyncCFGGuidance as _SyncCFGGuidance
 from comfyui_syncav.text.interface import EncodedText
+
+# This file checks Harmony's formula (muted-audio and static-video passes, module docstring of sync_cfg.py), so its
+# guidance names Harmony's anchors whatever the package's default is; tests/test_sync_anchors.py covers the others.
+def SyncCFGGuidance(*args, **kwargs):   # noqa: N802 - stands for the class
+    return _SyncCFGGuidance(*args, **{"anchors": SyncAnchors.HARMONY, **kwargs})
+
+
+def StepScales(*args):   # noqa: N802 - stands for the class
+    return _StepScales(*args, SyncAnchors.HARMONY) if len(args) == 4 else _StepScales(*args)
+
 
 CV, F, H, W = 2, 3, 4, 4       # video latent [B, CV, F, H, W]
 LA, CA = 6, 3                  # audio latent [B, LA, CA]
