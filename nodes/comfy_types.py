@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from torch import nn
 
 from ..generation.pipeline import AVPipeline
+from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncAnchors
 from ..model.joint import JointModel
 from ..negatives.curriculum import Curriculum
 from ..text.interface import EncodedText
@@ -34,6 +35,31 @@ def output(io_type, name: str, tooltip: str):
     """An output shown as ``name`` on every ComfyUI version (without ``display_name`` 0.3.64 shows the type). Its id
     gets a suffix: the schema wants output ids apart from input ids (the sampler takes and gives a ``latent``)."""
     return io_type.Output(f"{name}_out", display_name=name, tooltip=tooltip)
+
+
+# ------------------------------------------------------------------------------------------------ shared inputs
+
+def guidance_scale_input(name: str, default: float, tooltip: str):
+    """A guidance scale widget (1 = off), the same range on every SyncCFG node."""
+    return io.Float.Input(name, default=default, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=tooltip)
+
+
+def anchors_input(optional: bool = False):
+    """The sync-anchor choice (``SyncAnchors``) of the SyncCFG nodes."""
+    return io.Combo.Input(
+        "anchors", options=[a.value for a in SyncAnchors], default=DEFAULT_ANCHORS.value, optional=optional,
+        tooltip="What each stream's sync guidance pushes it away from. audio_alone (default): the video from its "
+                "prediction beside muted audio, the audio from the audio tower run alone (3 passes a step + the "
+                "small tower). harmony (the paper's): the audio from its prediction beside a static video (4 "
+                "passes). cross_modal_cut: one pass with the cross-modal attention cut anchors both (3 passes, "
+                "LTX-2's modality guidance).")
+
+
+def slg_blocks_input():
+    """Skip-layer guidance's block list (``guidance.sync_cfg.parse_block_list`` reads it)."""
+    return io.String.Input("slg_blocks", default="", multiline=False,
+                           tooltip="Skip-layer guidance: comma-separated block indices (e.g. '1, 2') skipped in the "
+                                   "negative pass. Empty: off. Needs a text scale other than 1.")
 
 
 # ------------------------------------------------------------------------------------------------ shared values

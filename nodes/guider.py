@@ -15,8 +15,10 @@ from comfy_api.latest import io
 from ..generation.packed_latent import PackedAVLayout
 from ..guidance.denoise import SigmaKeyedGuidance, guided_denoise
 from ..guidance.passes import SyncCFGConditioning
-from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncAnchors, SyncCFGGuidance, parse_block_list
+from ..guidance.sync_cfg import SyncCFGGuidance, parse_block_list
 from . import comfy_bridge, comfy_types
+
+_scale = comfy_types.guidance_scale_input
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,9 +79,6 @@ def _guider_class():
     return SyncCFGGuider
 
 
-def _scale(name: str, default: float, tooltip: str):
-    return io.Float.Input(name, default=default, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=tooltip)
-
 
 class SyncAVGuider(io.ComfyNode):
     """SyncCFG as a GUIDER: wire it into SamplerCustomAdvanced with any sampler and sigmas."""
@@ -108,15 +107,8 @@ class SyncAVGuider(io.ComfyNode):
                                        "sync_sigma_max] (sigma runs from 1, pure noise, down to 0)."),
                 io.Float.Input("sync_sigma_min", default=0.0, min=0.0, max=1000.0, step=0.01,
                                tooltip="Lower end of the sync interval (see sync_sigma_max)."),
-                io.Combo.Input("anchors", options=[a.value for a in SyncAnchors], default=DEFAULT_ANCHORS.value,
-                               tooltip="What each stream is pushed away from. harmony: the video beside muted "
-                                       "audio, the audio beside a static video (4 passes a step). audio_alone: the "
-                                       "audio anchor is the audio tower run alone (3 passes + the small tower). "
-                                       "cross_modal_cut: one pass with the cross-modal attention cut anchors both "
-                                       "(3 passes, LTX-2's modality guidance)."),
-                io.String.Input("slg_blocks", default="", multiline=False,
-                                tooltip="Skip-layer guidance: comma-separated block indices skipped in the "
-                                        "negative pass. Empty: off. Needs a text scale other than 1."),
+                comfy_types.anchors_input(),
+                comfy_types.slg_blocks_input(),
             ],
             outputs=[comfy_types.output(io.Guider, "guider", "SyncCFG for SamplerCustomAdvanced.")])
 

@@ -8,14 +8,13 @@ from comfy_api.latest import io
 
 from ..generation.generate import MAX_SEED, initial_noise
 from ..guidance.schedules import MAX_SAMPLING_STEPS, SOLVERS
-from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncAnchors, SyncCFGGuidance, parse_block_list
+from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncCFGGuidance, parse_block_list
 from . import comfy_bridge, comfy_types
+
+_scale = comfy_types.guidance_scale_input
 
 log = logging.getLogger(__name__)
 
-
-def _scale(name: str, default: float, tooltip: str):
-    return io.Float.Input(name, default=default, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=tooltip)
 
 
 def _fraction(name: str, default: float, tooltip: str):
@@ -50,19 +49,15 @@ class SyncAVSampler(io.ComfyNode):
                                        "suits the embedded default."),
                 _scale("text_scale_video", 4.0, "Text guidance of the video (1 = off)."),
                 _scale("text_scale_audio", 4.0, "Text guidance of the audio (1 = off)."),
-                _scale("sync_scale_video", 2.0, "Sync guidance of the video: pushes it away from what the model "
+                _scale("sync_scale_video", 2.0, "Sync guidance of the video: pushed away from what the model "
                                                 "predicts beside muted audio (1 = off)."),
-                _scale("sync_scale_audio", 2.0, "Sync guidance of the audio: pushes it away from what the model "
-                                                "predicts beside a static video (1 = off)."),
+                _scale("sync_scale_audio", 2.0, "Sync guidance of the audio: pushed away from its sync anchor, see "
+                                                "anchors (1 = off)."),
                 _fraction("sync_start", 0.0, "Fraction of the steps where sync guidance starts."),
                 _fraction("sync_end", 1.0, "Fraction of the steps where sync guidance ends (step i of n is "
                                            "guided when sync_start <= i/n < sync_end)."),
-                io.String.Input("slg_blocks", default="", multiline=False,
-                                tooltip="Skip-layer guidance: comma-separated block indices (e.g. '1, 2') skipped "
-                                        "in the negative pass. Empty: off. Needs a text scale other than 1."),
-                io.Combo.Input("anchors", options=[a.value for a in SyncAnchors], default=DEFAULT_ANCHORS.value,
-                               optional=True, tooltip="What each stream's sync guidance pushes it away from "
-                                                      "(SyncAV SyncCFG Guider's tooltip lists the choices)."),
+                comfy_types.slg_blocks_input(),
+                comfy_types.anchors_input(optional=True),
             ],
             outputs=[comfy_types.output(comfy_types.LATENT, "latent",
                                          "The denoised audio-video latent (decode it with SyncAV Decode).")])

@@ -65,7 +65,7 @@ def sampler_graph(name: str = "sampler") -> dict:
 def run_and_load(server, graph: dict, name: str) -> dict:
     entry = server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "success", server.describe_failure(entry)
-    return torch.load(server.base_dir / "output" / f"{name}.pt")
+    return torch.load(server.base_dir / "output" / f"{name}.pt", weights_only=True)
 
 
 def test_guider_with_syncav_sigmas_and_noise_makes_the_sampler_nodes_clip(comfy_server):
