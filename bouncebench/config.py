@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 __all__ = ["BallClass", "MAX_PARTIAL_HZ", "BALL_CLASSES", "BounceBenchConfig", "STANDARD", "VARIANTS", "SPLITS",
-           "split_seeds"]
+           "split_seeds", "clip_seed", "clip_seeds"]
 
 
 # ------------------------------------------------------------------------------------------ ball classes
@@ -182,3 +182,13 @@ def clip_seed(split: str, index: int) -> int:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < size:
         raise ValueError(f"index: expected 0..{size - 1} for the {split} split, received {index!r}")
     return split_seeds(split, 1, start=index)[0]
+
+
+def clip_seeds(split: str, index: int, count: int) -> list[int]:
+    """The seeds of clips ``index .. index + count - 1`` of ``split``; errors name ``index`` and ``count``."""
+    first = clip_seed(split, index)
+    size = SPLITS[split][1] - SPLITS[split][0]
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= size - index:
+        raise ValueError(f"count: expected 1..{size - index} clips from index {index} of the {split} split, "
+                         f"received {count!r}")
+    return list(range(first, first + count))

@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from ..metrics.motion import as_frames
-from ..metrics.sync_metrics import REPORT_KEYS, analyze_audio, analyze_video, chance_baseline, score_pair, sync_report
+from ..metrics.sync_metrics import (REPORT_KEYS, analyze_audio, analyze_video, chance_baseline, own_and_chance_reports,
+                                    score_pair)
 from .audio_proxies import audio_quality
 from .clips import BounceClip, make_clips
 from .config import BALL_CLASSES, VARIANTS, split_seeds
@@ -34,7 +34,7 @@ from .report import finite_mean, jsonable
 from .video_proxies import video_quality
 
 __all__ = ["SYNC_KEYS", "QUALITY_KEYS", "COUNT_KEYS", "SUMMARY_KEYS", "SETTINGS_KEYS", "RESULT_KEYS", "score_clip",
-           "evaluate_bouncebench", "batch_sync_report"]
+           "evaluate_bouncebench"]
 
 # The headline sync numbers (means over clips of sync_report's keys of the same names).
 SYNC_KEYS = ("event_f1", "median_offset_ms", "av_align", "xcorr_offset_ms")
@@ -74,14 +74,11 @@ def score_clip(frames, waveform, fps: float, sample_rate_hz: float, real: Bounce
 
 
 def _chance_f1_per_clip(media: list[tuple]) -> list[float]:
-    """Event F1 of clip i's video against clip i + 1's audio (mod n), for each clip i of ``media``.
-
-    These are the pairs of ``chance_baseline``'s single rotation (its default, as ``_summarise`` calls it), so their
-    mean is its event_f1, and a clip's own margin F1_i - chance_i can be paired with another row's clip by clip.
-    """
-    videos = [analyze_video(frames, fps) for frames, _, fps, _ in media]
-    audios = [analyze_audio(waveform, rate) for _, waveform, _, rate in media]
-    return [score_pair(videos[i], audios[(i + 1) % len(media)])["event_f1"] for i in range(len(media))]
+    """Event F1 of clip i's video against clip i + 1's audio (mod n), for each clip i of ``media``
+    (``own_and_chance_reports``: the pairs of ``chance_baseline``'s single rotation, as ``_summarise`` calls it, so
+    their mean is its event_f1, and a clip's own margin F1_i - chance_i can be paired with another row's clip by
+    clip)."""
+    return [report["event_f1"] for report in own_and_chance_reports(media)[1]]
 
 
 def _summarise(records: list[dict], media: list[tuple]) -> tuple[dict, dict, dict]:
@@ -106,31 +103,6 @@ def _summarise(records: list[dict], media: list[tuple]) -> tuple[dict, dict, dic
     summary["clips_with_blobs"] = sum(1 for r in records if r["balls_tracked"] > 0)
     summary["chance_pairs"] = int(chance["num_pairs"])
     return summary, sync, chance
-
-
-def batch_sync_report(frames, waveform, fps: float, sample_rate_hz: float, tolerance_s: float | None = None, *,
-                      mode: str = "auto") -> dict:
-    """``sync_report`` of a batch of clips laid end to end, as ComfyUI passes them.
-
-    frames ``[B * F, H, W, 3]`` in 0..1 (clip after clip), waveform ``[B, C, T]`` (one track per clip), their
-    rates; tolerance_s None = one frame. One clip: exactly ``sync_report``'s dict. Several: the mean of each key
-    over clips (NaN left out) + ``num_clips`` + ``per_clip`` (each clip's report). Undefined numbers are None.
-    """
-    video = as_frames(frames, "frames")
-    if not hasattr(waveform, "shape") or len(waveform.shape) != 3:
-        raise ValueError(f"waveform: expected [B, C, T] (clips, channels, samples), got shape "
-                         f"{tuple(getattr(waveform, 'shape', ())) or type(waveform).__name__}")
-    batch = int(waveform.shape[0])
-    if batch < 1 or video.shape[0] % batch:
-        raise ValueError(f"frames / waveform: {video.shape[0]} frames do not split into {batch} clips (one audio "
-                         "track per clip, every clip the same number of frames)")
-    per = video.shape[0] // batch
-    reports = [sync_report(video[i * per:(i + 1) * per], waveform[i], fps, sample_rate_hz, tolerance_s, mode=mode)
-               for i in range(batch)]
-    if batch == 1:
-        return jsonable(reports[0])
-    mean = {key: finite_mean(jsonable(r[key]) for r in reports) for key in REPORT_KEYS}
-    return jsonable({**mean, "num_clips": batch, "per_clip": reports})
 
 
 # ------------------------------------------------------------------------------------------------ the benchmark

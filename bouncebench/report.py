@@ -1,5 +1,5 @@
-"""BounceBench reports: JSON-ready values, means that skip undefined numbers, the text table of an evaluation (the
-JSON file itself is written by ``files.atomic.write_json_atomic``)."""
+"""BounceBench reports: JSON-ready values, means (and their standard errors) that skip undefined numbers, paired
+differences, the text table of an evaluation (the JSON file itself is written by ``files.atomic.write_json_atomic``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-__all__ = ["jsonable", "finite_mean", "PairedDifference", "paired_difference", "format_table"]
+__all__ = ["jsonable", "finite_mean", "MeanSE", "mean_se", "PairedDifference", "paired_difference", "format_table"]
 
 
 def jsonable(value):
@@ -28,10 +28,27 @@ def jsonable(value):
     return value
 
 
+class MeanSE(NamedTuple):
+    """The mean of some numbers, its standard error (sample sd / sqrt(n); None below 2 numbers), and n."""
+
+    mean: float | None
+    se: float | None
+    count: int
+
+
+def mean_se(values) -> MeanSE:
+    """Mean and standard error ``std(ddof=1) / sqrt(n)`` of the finite values (None and NaN / inf left out, and not
+    counted in n); mean None when there is none."""
+    finite = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v))], dtype=np.float64)
+    if finite.size == 0:
+        return MeanSE(None, None, 0)
+    se = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size >= 2 else None
+    return MeanSE(float(finite.mean()), se, int(finite.size))
+
+
 def finite_mean(values) -> float | None:
     """The mean of the finite values (None and NaN / inf left out); None when there is none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(finite)) if finite else None
+    return mean_se(values).mean
 
 
 class PairedDifference(NamedTuple):
@@ -57,9 +74,7 @@ def paired_difference(base: Mapping, other: Mapping) -> PairedDifference | None:
         diffs.append(float(value) - float(reference))
     if not diffs:
         return None
-    d = np.asarray(diffs, dtype=np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else None
-    return PairedDifference(float(d.mean()), se, int(d.size))
+    return PairedDifference(*mean_se(diffs))
 
 
 _TABLE_COLUMNS = (

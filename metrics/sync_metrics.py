@@ -8,7 +8,8 @@ A plain numpy library (no ComfyUI, no scipy). Definitions, parameters and caveat
 - ``xcorr_offset``: global offset from the cross-correlation of the audio onset envelope with the visual event
   envelope (positive = audio late) and a confidence.
 - ``sync_report``: all of the above for one clip; ``chance_baseline``: the same with every video scored against
-  another clip's audio, the number every F1 must be read against (NOTES.md, lesson 4).
+  another clip's audio, the number every F1 must be read against (NOTES.md, lesson 4); ``own_and_chance_reports``:
+  both per clip, so a clip's own score and its chance score can be paired.
 
 Times are seconds from the first sample / first frame (frame ``i`` is shown at ``i / fps``).
 """
@@ -27,7 +28,7 @@ from .onsets import as_waveform, detect_onsets, onset_envelope
 __all__ = [
     "REPORT_KEYS", "match_events", "event_sync", "av_align", "event_envelope", "xcorr_offset",
     "VideoAnalysis", "AudioAnalysis", "analyze_video", "analyze_audio", "score_pair", "sync_report",
-    "chance_baseline", "mean_report",
+    "chance_baseline", "mean_report", "own_and_chance_reports",
 ]
 
 REPORT_KEYS = ("event_f1", "event_precision", "event_recall", "median_offset_ms", "av_align", "xcorr_offset_ms",
@@ -317,13 +318,20 @@ def _analyse_all(clips, mode: str) -> tuple[list[VideoAnalysis], list[AudioAnaly
     return videos, audios
 
 
+def _rotated_reports(videos: list[VideoAnalysis], audios: list[AudioAnalysis], tolerance_s: float | None,
+                     shift: int) -> list[dict]:
+    """``score_pair`` of video i with audio ``(i + shift) mod n``, for i = 0 .. n - 1 (shift 0: each clip's own)."""
+    n = len(videos)
+    return [score_pair(videos[i], audios[(i + shift) % n], tolerance_s) for i in range(n)]
+
+
 def mean_report(clips: Iterable, tolerance_s: float | None = None, *, mode: str = "auto") -> dict:
     """``sync_report`` averaged over clips (each clip's own audio): ``REPORT_KEYS`` + num_pairs.
     NaN values (an offset with no match) are left out of their mean."""
     videos, audios = _analyse_all(clips, mode)
     if not videos:
         raise ValueError("clips: expected at least one clip, got none")
-    return _mean_reports([score_pair(v, a, tolerance_s) for v, a in zip(videos, audios)])
+    return _mean_reports(_rotated_reports(videos, audios, tolerance_s, 0))
 
 
 def chance_baseline(clips: Iterable, tolerance_s: float | None = None, *, mode: str = "auto",
@@ -343,4 +351,21 @@ def chance_baseline(clips: Iterable, tolerance_s: float | None = None, *, mode: 
     shifts = range(1, n) if rotations is None else range(1, min(int(rotations), n - 1) + 1)
     if len(shifts) == 0:
         raise ValueError(f"rotations: expected at least 1 (or None for all), got {rotations!r}")
-    return _mean_reports([score_pair(videos[i], audios[(i + s) % n], tolerance_s) for s in shifts for i in range(n)])
+    return _mean_reports([r for s in shifts for r in _rotated_reports(videos, audios, tolerance_s, s)])
+
+
+def own_and_chance_reports(clips: Iterable, tolerance_s: float | None = None, *, mode: str = "auto"
+                           ) -> tuple[list[dict], list[dict]]:
+    """Per clip, its own ``sync_report`` and its chance report, each clip analysed once.
+
+    clips: ``(frames [F, H, W, 3], waveform [C, T], fps, sample_rate_hz)`` tuples or dicts, at least one.
+    Returns (own, chance): ``own[i]`` scores clip i's video against its own audio (exactly ``sync_report``);
+    ``chance[i]`` against clip ``i + 1``'s audio (mod n), the pairs ``chance_baseline`` averages with its default
+    single rotation (so their mean is its report), which lets a clip's margin F1_i - chance_i be paired with the same
+    clip of another run. One clip has nothing to mismatch: chance is then empty.
+    """
+    videos, audios = _analyse_all(clips, mode)
+    if not videos:
+        raise ValueError("clips: expected at least one clip, got none")
+    own = _rotated_reports(videos, audios, tolerance_s, 0)
+    return own, (_rotated_reports(videos, audios, tolerance_s, 1) if len(videos) >= 2 else [])

@@ -31,10 +31,22 @@ DATASET = io.Custom("SYNCAV_DATASET")
 NEGATIVES = io.Custom("SYNCAV_NEGATIVES")
 
 
-def output(io_type, name: str, tooltip: str):
+def output(io_type, name: str, tooltip: str, is_list: bool = False):
     """An output shown as ``name`` on every ComfyUI version (without ``display_name`` 0.3.64 shows the type). Its id
-    gets a suffix: the schema wants output ids apart from input ids (the sampler takes and gives a ``latent``)."""
-    return io_type.Output(f"{name}_out", display_name=name, tooltip=tooltip)
+    gets a suffix: the schema wants output ids apart from input ids (the sampler takes and gives a ``latent``).
+    is_list: the node returns a list for it, and ComfyUI runs each node fed by it once per item."""
+    return io_type.Output(f"{name}_out", display_name=name, tooltip=tooltip, is_output_list=is_list)
+
+
+def one_value(values: list, name: str):
+    """The setting of a node that takes its inputs as whole lists (``is_input_list``) where one value is meant: a
+    widget gives a list of one; a linked list must hold one value throughout."""
+    if not values:
+        raise ValueError(f"{name}: expected a value, received an empty list")
+    if any(v != values[0] for v in values[1:]):
+        raise ValueError(f"{name}: expected one value for all clips, received a list of {len(values)} that differ: "
+                         f"{values[:4]!r}")
+    return values[0]
 
 
 # ------------------------------------------------------------------------------------------------ shared inputs

@@ -2,7 +2,7 @@
 (docs/img/icon.png).
 
 A card shows what its workflow makes, not its graph. The CPU workflows are run here through the library with the
-settings their API files hold (prompt, seed, steps, solver, guidance scales, BounceBench clip, curriculum, DPO
+settings their API files hold (prompt, seed, steps, solver, guidance scales, BounceBench clips, curriculum, DPO
 steps; the guider workflow's SamplerCustomAdvanced with euler and SyncAV Sigmas / Noise as the SyncCFG Sampler's
 euler solver, which makes the same clip), and drawn as frames taken across each clip (32 px frames, upscaled
 without smoothing) above the clip's waveform, with a label. The Ovi workflow cannot run on a CPU: its card says
@@ -82,10 +82,12 @@ def generate(pipeline, prompt: str, sampler: dict, latent: dict, seed: int):
     return clip.frames[0], clip.waveform[0], clip.fps, clip.sample_rate_hz
 
 
-def event_f1(frames, waveform, fps: float, rate: float) -> float:
-    from comfyui_syncav.metrics.sync_metrics import sync_report
+def mean_event_f1(clips: list[tuple]) -> str:
+    """Event F1 over clips ``(frames, waveform, fps, rate)`` as the Sync Metric node reports it: "mean ± SE"."""
+    from comfyui_syncav.bouncebench.sync_summary import clip_set_report
 
-    return sync_report(frames, waveform, fps, rate)["event_f1"]
+    report = clip_set_report(clips)
+    return f"{report['event_f1']:.2f}" + (f" ± {report['event_f1_se']:.2f}" if len(clips) > 1 else "")
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -166,24 +168,25 @@ def card_generate(pipeline) -> Image.Image:
 
 
 def card_eval(pipeline) -> Image.Image:
-    from comfyui_syncav.bouncebench.clips import make_clip
-    from comfyui_syncav.bouncebench.config import VARIANTS, split_seeds
+    """The first clip of each branch (real, plain CFG, SyncCFG) with the event F1 over all the workflow's clips, each
+    sampled with its BounceBench seed as the workflow wires it."""
+    from comfyui_syncav.bouncebench.clips import make_clips
+    from comfyui_syncav.bouncebench.config import VARIANTS, clip_seeds
 
     nodes = api_nodes("eval")
     bench = inputs_of(nodes, "SyncAVBounceBench")
-    seed = inputs_of(nodes, "PrimitiveInt")["value"]
     latent = inputs_of(nodes, "SyncAVEmptyLatent")
-    real = make_clip(split_seeds(bench["split"], 1, start=bench["index"])[0], VARIANTS[bench["variant"]])
-    rows = [("BounceBench clip (real)", real.frames, real.waveform, real.fps, real.sample_rate_hz)]
+    reals = make_clips(clip_seeds(bench["split"], bench["index"], bench["count"]), VARIANTS[bench["variant"]])
+    rows = [("BounceBench clips (real)", [(r.frames, r.waveform, r.fps, r.sample_rate_hz) for r in reals])]
     for index, label in ((0, "plain text CFG"), (1, "SyncCFG")):
         sampler = inputs_of(nodes, "SyncAVSampler", index)
-        frames, waveform, fps, rate = generate(pipeline, real.caption, sampler, latent, seed)
-        rows.append((f"{label} (sync scale {sampler['sync_scale_video']:g})", frames, waveform, fps, rate))
+        clips = [generate(pipeline, real.caption, sampler, latent, real.seed) for real in reals]
+        rows.append((f"{label} (sync {sampler['sync_scale_video']:g})", clips))
     card, top = new_card("Sync check: SyncCFG vs plain CFG")
-    for label, frames, waveform, fps, rate in rows:
-        top = clip_row(card, frames, waveform, top, 5, 54, 18, label,
-                       f"event F1 {event_f1(frames, waveform, fps, rate):.2f}") + 10
-    caption(card, f"\"{real.caption}\"", top)
+    for label, clips in rows:
+        frames, waveform, _, _ = clips[0]
+        top = clip_row(card, frames, waveform, top, 5, 54, 18, label, f"F1 {mean_event_f1(clips)}") + 10
+    caption(card, f"first of {len(reals)} clips; event F1: mean ± SE over all {len(reals)}", top)
     return card
 
 

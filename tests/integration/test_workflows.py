@@ -140,20 +140,38 @@ def test_guider_sampling(comfy_server):
 
 
 def test_eval_sync(comfy_server):
-    entry = run_timed(comfy_server, "eval_sync", prompt_of(load_api(EVAL_SYNC)))
+    """BounceBench Clip's ``count`` clips run through Text Encode, both samplers (each clip seeded by its own
+    BounceBench seed) and Decode once per clip by ComfyUI's list mapping; each Sync Metric scores all of them and the
+    SyncCFG one pairs its clips with plain CFG's report."""
+    prompt = prompt_of(load_api(EVAL_SYNC))
+    count = prompt["1"]["inputs"]["count"]
+    assert count == 8 and prompt["6"]["inputs"]["seed"] == prompt["7"]["inputs"]["seed"] == ["1", 5]
+    entry = run_timed(comfy_server, "eval_sync", prompt)
     plain, synced, real = (report_of(entry, node) for node in ("10", "11", "12"))
     # the reports are shown by the Preview Any nodes too
     for metric, preview in (("10", "13"), ("11", "14"), ("12", "15")):
         assert json.loads(entry["outputs"][preview]["text"][0]) == report_of(entry, metric)
     for report in (plain, synced, real):
+        assert report["num_clips"] == count and len(report["per_clip"]) == count
         assert 0.0 <= report["event_f1"] <= 1.0 and report["num_audio_onsets"] >= 1
-    # the benchmark clip itself is in sync: its impacts and sounds match (the metric's ceiling)
+        assert report["event_f1_se"] is not None and report["chance_event_f1"] is not None
+        assert report["event_f1_margin"] == pytest.approx(report["event_f1"] - report["chance_event_f1"])
+        assert report["summary"][0] == f"{count} clips, mean ± standard error over clips"
+    # the benchmark clips themselves are in sync: their impacts and sounds match (the metric's ceiling)
     assert real["event_f1"] >= 0.9 and abs(real["median_offset_ms"]) <= 1000 / EMBEDDED_FPS
-    (plain_mp4,) = saved_videos(comfy_server, entry, "18")
-    (synced_mp4,) = saved_videos(comfy_server, entry, "19")
-    assert plain_mp4.parent.name == synced_mp4.parent.name == "eval"
-    for path in (plain_mp4, synced_mp4):
+    # SyncCFG minus plain, clip by clip
+    paired = synced["paired_difference"]
+    differences = [s["event_f1"] - p["event_f1"] for s, p in zip(synced["per_clip"], plain["per_clip"])]
+    assert paired["clips"] == count and paired["event_f1"]["clips"] == count
+    assert paired["event_f1"]["mean"] == pytest.approx(sum(differences) / count)
+    assert "paired_difference" not in plain
+    plain_mp4s, synced_mp4s = saved_videos(comfy_server, entry, "18"), saved_videos(comfy_server, entry, "19")
+    assert len(plain_mp4s) == len(synced_mp4s) == count                 # one mp4 per clip and branch
+    assert {path.parent.name for path in plain_mp4s + synced_mp4s} == {"eval"}
+    for path in plain_mp4s + synced_mp4s:
         check_mp4(path, 2.0)
+    for label, report in (("plain", plain), ("SyncCFG", synced), ("real", real)):
+        print(f"\n{label}: " + "; ".join(report["summary"][1:]))
 
 
 def test_negatives_preview(comfy_server):
