@@ -80,6 +80,11 @@ class JointConfig:
     prediction: str = "velocity"        # "velocity": network predicts noise - x0; "x0": it predicts x0 (see DESIGN)
     x0_sigma_floor: float = 0.05        # x0 head: velocity = (x_sigma - x0_hat) / max(sigma, floor)
     mask_text_padding: bool = False     # Ovi attends all text_len rows, padding included
+    # Cross-modal interaction. None: Ovi's global fusion (every token attends every token of the other tower).
+    # A number w: Harmony's global-local decoupled interaction (model/interaction.py): each token attends only
+    # the other tower's tokens whose centres lie within w video latent frames of its own on the shared RoPE time
+    # axis, plus a global path (the other tower's mean token). Same parameters either way.
+    cross_modal_window_frames: float | None = None
 
     def __post_init__(self):
         if self.video.num_layers != self.audio.num_layers:
@@ -89,6 +94,11 @@ class JointConfig:
             raise ValueError("JointConfig: cross-modal attention needs equal width and heads in both towers")
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"JointConfig.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
+        window = self.cross_modal_window_frames
+        if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))
+                                   or not 0.5 <= window < float("inf")):
+            raise ValueError("JointConfig.cross_modal_window_frames must be None (global fusion) or a finite number "
+                             f">= 0.5 video latent frames, got {window!r}")
 
     @property
     def num_blocks(self) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import JointConfig
+from .interaction import window_masks
 from .rope import Rotation, audio_angles, video_angles
 from .tower import Tower
 
@@ -132,13 +133,18 @@ class JointModel(nn.Module):
         head_dim = cfg.video.head_dim
         v_rot = Rotation(video_angles(video_grid, head_dim, device=video.device))
         a_rot = Rotation(audio_angles(n_audio, head_dim, cfg.audio.rope_scale, device=video.device))
+        windows = None
+        if cfg.cross_modal_window_frames is not None and cross_modal:
+            windows = window_masks(video_grid, n_audio, cfg.audio.rope_scale, cfg.cross_modal_window_frames,
+                                   device=video.device)
 
         if skip_rows is not None:
             skip_rows = skip_rows.to(video.device, torch.bool)
         for i in range(cfg.num_blocks):
             if i in skip and skip_rows is None:
                 continue
-            args = (i, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal, gate)
+            args = (i, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal, gate,
+                    windows)
             if self.training and self.gradient_checkpointing and torch.is_grad_enabled():
                 v_new, a_new = checkpoint(self._fusion_block, *args, use_reentrant=False)
             else:
@@ -157,10 +163,10 @@ class JointModel(nn.Module):
         return out_video, out_audio
 
     def _fusion_block(self, i, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot, a_rot,
-                      cross_modal, gate=None):
+                      cross_modal, gate=None, windows=None):
         """Block ``i`` of both towers (the one place a forward runs a block: block swap wraps it)."""
         return self.fusion_step(self.video_model.blocks[i], self.audio_model.blocks[i], v, a, v_proj, a_proj,
-                                v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal, gate)
+                                v_text, a_text, v_lengths, a_lengths, v_rot, a_rot, cross_modal, gate, windows)
 
     def _x0_to_velocity(self, x_sigma: torch.Tensor, x0_hat: torch.Tensor, sigma_tokens: torch.Tensor,
                         tower: Tower, grid) -> torch.Tensor:
@@ -173,17 +179,19 @@ class JointModel(nn.Module):
 
 
 def fusion_step(video_block, audio_block, v, a, v_proj, a_proj, v_text, a_text, v_lengths, a_lengths, v_rot,
-                a_rot, cross_modal: bool, gate=None):
+                a_rot, cross_modal: bool, gate=None, windows=None):
     """One fusion block in Ovi's order. v [Bv, Nv, dim], a [B, Na, dim] (the last B - Bv audio rows run alone);
-    gate [Bv] or None: per-row switch of the cross-modal attention."""
+    gate [Bv] or None: per-row switch of the cross-modal attention; windows (video_sees [Nv, Na], audio_sees
+    [Na, Nv]) or None: Harmony's local + global interaction instead of global fusion (model/interaction.py)."""
+    video_sees, audio_sees = windows if windows is not None else (None, None)
     a_mod = audio_block.modulation(a_proj)
     a = audio_block.self_attention_step(a, a_mod, a_rot)
     v_mod = video_block.modulation(v_proj)
     v = video_block.self_attention_step(v, v_mod, v_rot)
     audio_before_cross = a
     a = audio_block.cross_attention_ffn_step(a, a_mod, a_text, a_lengths, v if cross_modal else None, a_rot, v_rot,
-                                             gate)
+                                             gate, audio_sees)
     v = video_block.cross_attention_ffn_step(v, v_mod, v_text, v_lengths,
                                              audio_before_cross[:v.shape[0]] if cross_modal else None, v_rot, a_rot,
-                                             gate)
+                                             gate, video_sees)
     return v, a

@@ -111,13 +111,17 @@ class CrossAttention(SelfAttention):
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_lengths: torch.Tensor | None,
                 other: torch.Tensor | None = None, own_rotation: Rotation | None = None,
-                other_rotation: Rotation | None = None, other_gate: torch.Tensor | None = None) -> torch.Tensor:
+                other_rotation: Rotation | None = None, other_gate: torch.Tensor | None = None,
+                other_visible: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, L, dim], text [B, Lt, dim] -> [B, L, dim].
 
         other [Bo, Lo, dim] (Bo <= B) or None: the other tower's tokens for the first Bo rows of x; the remaining
         rows (an audio-alone pass) and every row when None get no cross-modal part.
         other_gate [Bo] (1 or 0): per-row switch of the cross-modal part, so a batch can mix rows with the
         cross-modal attention cut (LTX-2's modality guidance pass) and rows with it.
+        other_visible [L, Lo] bool or None: Harmony's local + global interaction (model/interaction.py): each query
+        attends only the other tokens it marks, and the other tower's mean token is added through the same value
+        projection (the global path); None: Ovi's global fusion attention.
         """
         q = self.heads(self.norm_q(self.q(x)))
         k = self.heads(self.norm_k(self.k(text)))
@@ -127,7 +131,9 @@ class CrossAttention(SelfAttention):
             other = self.pre_attn_norm_fusion(other)
             k_other = other_rotation.apply(self.heads(self.norm_k_fusion(self.k_fusion(other))))
             v_other = self.heads(self.v_fusion(other))
-            cross = attention(own_rotation.apply(q[:rows]), k_other, v_other)
+            cross = attention(own_rotation.apply(q[:rows]), k_other, v_other, visible=other_visible)
+            if other_visible is not None:      # the global path: a one-key attention to the mean token
+                cross = cross + self.v_fusion(other.mean(dim=1, keepdim=True))
             if other_gate is not None:
                 cross = cross * other_gate.to(cross.dtype)[:, None, None]
             out = out + cross if rows == out.shape[0] else torch.cat([out[:rows] + cross, out[rows:]])
@@ -157,8 +163,10 @@ class TowerBlock(nn.Module):
     def cross_attention_ffn_step(self, x: torch.Tensor, mod: list[torch.Tensor], text: torch.Tensor,
                                  text_lengths: torch.Tensor | None, other: torch.Tensor | None,
                                  own_rotation: Rotation, other_rotation: Rotation,
-                                 other_gate: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.cross_attn(self.norm3(x), text, text_lengths, other, own_rotation, other_rotation, other_gate)
+                                 other_gate: torch.Tensor | None = None,
+                                 other_visible: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.cross_attn(self.norm3(x), text, text_lengths, other, own_rotation, other_rotation, other_gate,
+                                other_visible)
         shift, scale, gate = mod[3], mod[4], mod[5]
         y = self.ffn(self.norm2(x) * (1 + scale) + shift)
         return x + y * gate
