@@ -13,7 +13,7 @@ from ..guidance.sync_cfg import DEFAULT_ANCHORS, SyncAnchors
 from .common import OVI_VARIANT_KEYS, add_compile_arg, add_lora_args, add_stream_sync_args, block_list_arg, \
     interval_arg
 from .generate import generate_command
-from .train import train_default_command
+from .train import train_codec_command, train_default_command
 from .train_dpo import add_train_dpo_arguments, train_dpo_command
 from .evaluate import bouncebench_command, eval_command
 from .tools import convert_command, run_command
@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--noise-shift", type=float, default=None,
                     help="timestep shift of the training noise levels (default: the recipe's 1; 3 trains the "
                          "high-noise steps where the sampler decides the motion, docs/training.md)")
+    tr.add_argument("--cross-modal-window", type=float, default=None, metavar="FRAMES",
+                    help="Harmony's local + global interaction: each token attends the other stream within this "
+                         "many video latent frames (default: Ovi's global fusion; docs/training.md)")
+
+    tc = commands.add_parser("train-codec", help="train the embedded video codec's decoder on BounceBench "
+                                                 "(resumable)")
+    tc.add_argument("--out", required=True, help="run folder: resumable state and embedded_video_decoder.safetensors")
+    tc.add_argument("--steps", type=int, default=3000, help="total optimizer steps")
+    tc.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
 
     add_train_dpo_arguments(commands)
 
@@ -140,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return bouncebench_command(args)
         if args.command == "train-default":
             return train_default_command(args)
+        if args.command == "train-codec":
+            return train_codec_command(args)
         if args.command == "train-dpo":
             return train_dpo_command(args)
         if args.command == "eval":

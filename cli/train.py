@@ -1,4 +1,4 @@
-"""``train-default``: the embedded default trained on BounceBench (resumable)."""
+"""``train-default`` and ``train-codec``: the embedded default and its video decoder trained on BounceBench (resumable)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def default_recipe(args):
 
     with named_as(TRAIN_DEFAULT_FLAGS):
         recipe = replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
-                         data_start_step=args.data_start_step)
+                         data_start_step=args.data_start_step, cross_modal_window_frames=args.cross_modal_window)
         if args.lr is not None:
             recipe = replace(recipe, train=replace(recipe.train, lr=args.lr))
         if args.noise_shift is not None:
@@ -24,7 +24,8 @@ def default_recipe(args):
 
 # train-default's flags, named in check_embedded_training_args's messages and in the recipe's value errors.
 TRAIN_DEFAULT_FLAGS = {"out_dir": "--out", "init_weights": "--init", "batch_size": "--batch-size", "steps": "--steps",
-                       "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift"}
+                       "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift",
+                       "cross_modal_window_frames": "--cross-modal-window"}
 
 
 def train_default_command(args) -> int:
@@ -36,4 +37,19 @@ def train_default_command(args) -> int:
     last = result.state.history[-1] if result.state.history else {}
     print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; last loss "
           f"{last.get('loss', float('nan')):.4f}; wrote {args.out}")
+    return 0
+
+
+def train_codec_command(args) -> int:
+    from dataclasses import replace
+
+    from ..train.codec_training import CodecRecipe, train_video_decoder
+    from ..train.value_rules import named_as
+
+    with named_as({"steps": "--steps"}):
+        recipe = CodecRecipe()
+        recipe = replace(recipe, train=replace(recipe.train, steps=args.steps))
+    path, result = train_video_decoder(args.out, recipe, resume=not args.no_resume)
+    print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; wrote {path} (copy it into "
+          "weights/ to use it)")
     return 0

@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from .blocks import blocks_to_frames, check_frames, check_latent, frames_to_blocks, require_float
 from .interface import AudioCodec, VideoCodec
 from ..model.config import TINY_AUDIO_CHANNELS, TINY_VIDEO_CHANNELS
 
@@ -53,14 +54,6 @@ def _copy_to(master: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # Always a fresh copy: a master made under torch.inference_mode (ComfyUI builds codecs inside nodes) must not
     # leak into a training graph, where autograd refuses to save inference tensors.
     return master.to(device=like.device, dtype=like.dtype, copy=True)
-
-
-def _require_float(name: str, tensor: torch.Tensor, expected: str) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor {expected}, received {type(tensor).__name__}")
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name}: expected floating-point values {expected}, received dtype {tensor.dtype} "
-                         f"with shape {list(tensor.shape)} (convert 8-bit data with x.float() / 255 first)")
 
 
 # ----------------------------------------------------------------------------------------------------- video
@@ -122,28 +115,11 @@ class TinyVideoCodec(VideoCodec):
         """Values per block: frames x rows x columns x rgb."""
         return self.temporal_stride * self.spatial_stride * self.spatial_stride * 3
 
-    def _check_frames(self, frames: torch.Tensor) -> None:
-        expected = (f"[B, F, H, W, 3] with F a multiple of {self.temporal_stride} and H, W multiples of "
-                    f"{self.spatial_stride}")
-        _require_float("TinyVideoCodec.encode frames", frames, expected)
-        shape = list(frames.shape)
-        if (frames.ndim != 5 or shape[-1] != 3 or shape[1] < self.temporal_stride
-                or shape[1] % self.temporal_stride or shape[2] < self.spatial_stride
-                or shape[2] % self.spatial_stride or shape[3] < self.spatial_stride
-                or shape[3] % self.spatial_stride):
-            hint = " (add a batch dimension with frames[None])" if frames.ndim == 4 else ""
-            raise ValueError(f"TinyVideoCodec.encode frames: expected {expected}, received {shape}{hint}")
-
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B, F, H, W, 3] in 0..1 (clamped) -> latent [B, 16, F/2, H/4, W/4]."""
-        self._check_frames(frames)
-        b, f, h, w, _ = frames.shape
-        ts, ss = self.temporal_stride, self.spatial_stride
-        fv, hv, wv = f // ts, h // ss, w // ss
+        check_frames("TinyVideoCodec.encode frames", frames, self.temporal_stride, self.spatial_stride)
         centred = frames.clamp(0.0, 1.0) - 0.5                           # mid-grey -> 0, so grey encodes to 0
-        blocks = (centred.reshape(b, fv, ts, hv, ss, wv, ss, 3)
-                  .permute(0, 1, 3, 5, 2, 4, 6, 7)
-                  .reshape(b, fv, hv, wv, self.block_size))
+        blocks = frames_to_blocks(centred, self.temporal_stride, self.spatial_stride)   # [B, Fv, Hv, Wv, 96]
         analysis = _copy_to(self.basis / self.coefficient_std[:, None], frames)           # [16, 96]
         latent = blocks @ analysis.T                                                       # [B, Fv, Hv, Wv, 16]
         return latent.permute(0, 4, 1, 2, 3).contiguous()
@@ -156,17 +132,10 @@ class TinyVideoCodec(VideoCodec):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, 16, Fv, Hv, Wv] -> frames [B, 2 Fv, 4 Hv, 4 Wv, 3] in 0..1 (clamped)."""
-        _require_float("TinyVideoCodec.decode latent", latent, f"[B, {self.latent_channels}, Fv, Hv, Wv]")
-        if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
-            raise ValueError(f"TinyVideoCodec.decode latent: expected [B, {self.latent_channels}, Fv, Hv, Wv], "
-                             f"received {list(latent.shape)}")
-        b, _, fv, hv, wv = latent.shape
-        ts, ss = self.temporal_stride, self.spatial_stride
+        check_latent("TinyVideoCodec.decode latent", latent, self.latent_channels)
         synthesis = _copy_to(self.basis * self.coefficient_std[:, None], latent)          # [16, 96]
         blocks = latent.permute(0, 2, 3, 4, 1) @ synthesis                                 # [B, Fv, Hv, Wv, 96]
-        frames = (blocks.reshape(b, fv, hv, wv, ts, ss, ss, 3)
-                  .permute(0, 1, 4, 2, 5, 3, 6, 7)
-                  .reshape(b, fv * ts, hv * ss, wv * ss, 3))
+        frames = blocks_to_frames(blocks, self.temporal_stride, self.spatial_stride)
         return (frames + 0.5).clamp(0.0, 1.0)
 
 
@@ -233,7 +202,7 @@ class TinyAudioCodec(AudioCodec):
     def encode(self, waveform: torch.Tensor) -> torch.Tensor:
         """waveform [B, 1, T] (any T >= 1, zero-padded to a multiple of 64) -> latent [B, ceil(T / 64), 32]."""
         expected = "[B, 1, T] mono at 8 kHz with T >= 1"
-        _require_float("TinyAudioCodec.encode waveform", waveform, expected)
+        require_float("TinyAudioCodec.encode waveform", waveform, expected)
         if waveform.ndim != 3 or waveform.shape[1] != 1 or waveform.shape[2] < 1:
             hint = (" (downmix with waveform.mean(1, keepdim=True))"
                     if waveform.ndim == 3 and waveform.shape[1] > 1 else "")
@@ -251,7 +220,7 @@ class TinyAudioCodec(AudioCodec):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, La, 32] -> waveform [B, 1, 64 La] in -1..1 (clamped)."""
-        _require_float("TinyAudioCodec.decode latent", latent, f"[B, La, {self.latent_channels}]")
+        require_float("TinyAudioCodec.decode latent", latent, f"[B, La, {self.latent_channels}]")
         if latent.ndim != 3 or latent.shape[2] != self.latent_channels or latent.shape[1] < 1:
             raise ValueError(f"TinyAudioCodec.decode latent: expected [B, La, {self.latent_channels}] with La >= 1, "
                              f"received {list(latent.shape)}")

@@ -214,6 +214,8 @@ def print_differences(results: dict, base_name: str, units: dict) -> dict:
 
 def _matches(result: dict, guidance: SyncCFGGuidance, args) -> bool:
     return (result.get("clips") == args.clips and result.get("seed") == args.seed and result.get("steps") == args.steps
+            and result.get("variant", "standard") == args.variant
+            and result.get("video_decoder", "learned") == ("linear" if args.linear_decoder else "learned")
             and result.get("guidance") == jsonable(dataclasses.asdict(guidance)))
 
 
@@ -225,6 +227,9 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS),
                         help="comma-separated; names of " + ", ".join(ROWS) + ", or sync<S>[_first_half][_<anchors>]")
     parser.add_argument("--weights", default=None, help="joint-model weights (default: the embedded default)")
+    parser.add_argument("--variant", default="standard", help="BounceBench variant (two_balls, fast, noisy, ...)")
+    parser.add_argument("--linear-decoder", action="store_true",
+                        help="decode video with the DCT codec's linear decoder instead of the learned one")
     parser.add_argument("--json-dir", default=None)
     parser.add_argument("--reuse", action="store_true", help="load rows already in --json-dir with these settings")
     parser.add_argument("--versus", default="", help="comma-separated rows to pair the others against too "
@@ -238,13 +243,13 @@ def main() -> None:
     except ValueError as error:
         parser.error(f"--rows: {error}")
 
-    from comfyui_syncav.model.checkpoint import load_joint_model
     from comfyui_syncav.generation.pipeline import build_embedded_default
-    from comfyui_syncav.bouncebench.config import STANDARD
+    from comfyui_syncav.bouncebench.config import VARIANTS
+    from comfyui_syncav.codecs.embedded import TinyVideoCodec
 
-    pipeline = build_embedded_default()
-    if args.weights:
-        pipeline.model = load_joint_model(args.weights)
+    pipeline = build_embedded_default(weights=args.weights)
+    if args.linear_decoder:
+        pipeline.video_codec = TinyVideoCodec()       # same latents, the linear decoder
     json_dir = Path(args.json_dir) if args.json_dir else None
     if json_dir:
         json_dir.mkdir(parents=True, exist_ok=True)
@@ -274,14 +279,16 @@ def main() -> None:
                 print(f"{name}: loaded from {path}", flush=True)
                 continue
         results[name] = evaluate_bouncebench(pipeline, split="val", seed=args.seed, clips=args.clips,
-                                             guidance=guidance, steps=args.steps,
+                                             variant=args.variant, guidance=guidance, steps=args.steps,
                                              include_real=(name == BASE_ROW), progress=False)
+        results[name]["video_decoder"] = "linear" if args.linear_decoder else "learned"
         print(f"{name}: F1 {results[name]['event_f1']:.3f} (chance {results[name]['chance_event_f1']:.3f}) in "
               f"{results[name]['elapsed_s']:.0f} s", flush=True)
         if path is not None:
             write_json_atomic(path, results[name])
 
-    video_shape, audio_shape = pipeline.latent_shapes(STANDARD.seconds, STANDARD.size_px, STANDARD.size_px)
+    bench = VARIANTS[args.variant]
+    video_shape, audio_shape = pipeline.latent_shapes(bench.seconds, bench.size_px, bench.size_px)
     share = audio_alone_share(pipeline.model, video_shape, audio_shape)
     passes = {name: passes_per_step(guidance_of(row), args.steps) for name, row in rows.items()}
     units = {name: full + share * alone for name, (full, alone) in passes.items()}

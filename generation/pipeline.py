@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_FILE = PACKAGE_DIR / "weights" / "embedded_default.safetensors"
 EMBEDDED_TEXT_FILE = PACKAGE_DIR / "weights" / "embedded_text_encoder.safetensors"
+# The embedded video codec's learned decoder (codecs/learned_video.py): without it, the DCT codec's linear one.
+EMBEDDED_VIDEO_DECODER_FILE = PACKAGE_DIR / "weights" / "embedded_video_decoder.safetensors"
 # The sync-tuned variant: a LoRA post-trained for sync on the embedded default (docs/results.md says how).
 EMBEDDED_SYNC_LORA_FILE = PACKAGE_DIR / "weights" / "embedded_sync_lora.safetensors"
 EMBEDDED_SYNC_LORA_NAME = "embedded-sync"   # what the CLI's --lora and the Loader call it
@@ -135,6 +137,18 @@ class AVPipeline:
         return frames, waveform
 
 
+def embedded_video_codec() -> TinyVideoCodec:
+    """The embedded video codec: the DCT codec with the shipped learned decoder (``EMBEDDED_VIDEO_DECODER_FILE``),
+    or with its own linear decoder where this copy of the package lacks that file. Both share the DCT latents."""
+    if EMBEDDED_VIDEO_DECODER_FILE.is_file():
+        from ..codecs.learned_video import LearnedDecoderVideoCodec
+
+        return LearnedDecoderVideoCodec.from_file(EMBEDDED_VIDEO_DECODER_FILE)
+    log.warning("embedded video decoder not found (%s): decoding with the DCT codec's linear decoder",
+                EMBEDDED_VIDEO_DECODER_FILE.name)
+    return TinyVideoCodec()
+
+
 def embedded_config(video_codec: VideoCodec | None = None, audio_codec: AudioCodec | None = None) -> JointConfig:
     """The ``tiny`` preset fitted to the embedded codecs: their latent widths, and the audio RoPE scale from their
     rates (16 fps / 2x temporal vs 125 audio latents per second -> 0.064)."""
@@ -150,31 +164,41 @@ def embedded_config(video_codec: VideoCodec | None = None, audio_codec: AudioCod
                                   out_channels=video_codec.latent_channels))
 
 
+def embedded_codec_pipeline(weights: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                            operations=None, name: str | None = None, text_device: str | torch.device = "cpu"
+                            ) -> AVPipeline:
+    """A joint model trained with the embedded codecs and text encoder, from its file."""
+    model = load_joint_model(weights, device=device, dtype=dtype, operations=operations)
+    return AVPipeline(model=model, video_codec=embedded_video_codec(), audio_codec=TinyAudioCodec(),
+                      text_encoder=embedded_text_encoder(text_device), name=name or Path(weights).stem)
+
+
 def build_embedded_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                           operations=None, seed: int = 0) -> AVPipeline:
+                           operations=None, seed: int = 0, weights: str | Path | None = None) -> AVPipeline:
     """The embedded default pipeline: tiny joint model + the package's codecs and text encoder.
 
     ``operations``: a layer namespace (ComfyUI's comfy.ops inside ComfyUI). Layers of such namespaces may skip
     weight initialisation, so a seeded network is built with torch.nn and its weights loaded into them.
+    ``weights``: another file of the embedded default's network (a training run's) instead of the shipped one.
     """
-    video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
+    weights = Path(weights) if weights is not None else EMBEDDED_MODEL_FILE
+    if weights.is_file():
+        return embedded_codec_pipeline(weights, device=device, dtype=dtype, operations=operations,
+                                       name="embedded-default", text_device=device)
+    video_codec, audio_codec = embedded_video_codec(), TinyAudioCodec()
     config = embedded_config(video_codec, audio_codec)
-    if EMBEDDED_MODEL_FILE.is_file():
-        model = load_joint_model(EMBEDDED_MODEL_FILE, device=device, dtype=dtype, operations=operations)
+    log.warning("embedded default weights not found (%s): using an untrained, seeded network", weights.name)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    seeded = JointModel(config)
+    torch.random.set_rng_state(generator_state)
+    if operations is None:
+        model = seeded
     else:
-        log.warning("embedded default weights not found (%s): using an untrained, seeded network",
-                    EMBEDDED_MODEL_FILE.name)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        seeded = JointModel(config)
-        torch.random.set_rng_state(generator_state)
-        if operations is None:
-            model = seeded
-        else:
-            with torch.device("meta"):
-                model = JointModel(config, operations)
-            model.load_state_dict(seeded.state_dict(), assign=True)
-        model = model.to(device=device, dtype=dtype).eval()
+        with torch.device("meta"):
+            model = JointModel(config, operations)
+        model.load_state_dict(seeded.state_dict(), assign=True)
+    model = model.to(device=device, dtype=dtype).eval()
     return AVPipeline(model=model, video_codec=video_codec, audio_codec=audio_codec,
                       text_encoder=embedded_text_encoder(device), name="embedded-default")
 

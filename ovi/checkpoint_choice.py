@@ -18,8 +18,7 @@ import torch
 from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from ..files.model_folders import FileFinder, FolderDescriber
 from ..files.safetensors_io import CheckpointError, read_header
-from ..generation.pipeline import AVPipeline, build_embedded_default, build_embedded_sync_tuned, embedded_text_encoder
-from ..model.checkpoint import load_joint_model
+from ..generation.pipeline import AVPipeline, build_embedded_default, build_embedded_sync_tuned, embedded_codec_pipeline
 from ..model.config import TINY_TEXT_DIM
 from ..model.joint import JointModel
 from ..text.interface import TextEncoder
@@ -118,9 +117,7 @@ def _file_pipeline(checkpoint: str, weight_dtype, host: LoadHost) -> AVPipeline:
         log.info("SyncAV Loader: %s is an Ovi model, taken as %s (%s)", checkpoint, variant.label, reason)
         return _ovi_pipeline(variant, weight_dtype, host, model_path=path, name=name)
     check_embedded_codecs(path, checkpoint)
-    model = load_joint_model(path, device=host.device, dtype=weight_dtype, operations=host.operations)
-    return AVPipeline(model=model, video_codec=TinyVideoCodec(), audio_codec=TinyAudioCodec(),
-                      text_encoder=embedded_text_encoder(device="cpu"), name=name)
+    return embedded_codec_pipeline(path, device=host.device, dtype=weight_dtype, operations=host.operations, name=name)
 
 
 def load_checkpoint_choice(checkpoint: str, dtype: str, host: LoadHost) -> AVPipeline:

@@ -98,6 +98,17 @@ def test_train_default_options_reach_the_recipe():
     assert (continued.train.steps, continued.train.lr, continued.loss.noise.shift, continued.data_start_step) == \
         (20, 5e-4, 3.0, 5200)
     assert continued.loss.noise.lambda_video == plain.loss.noise.lambda_video  # the rest of the recipe is untouched
+    assert plain.cross_modal_window_frames is None and plain.joint_config().cross_modal_window_frames is None
+    harmony = default_recipe(build_parser().parse_args(
+        ["train-default", "--out", "run", "--steps", "5", "--cross-modal-window", "1.5"]))
+    assert harmony.joint_config().cross_modal_window_frames == 1.5
+
+
+def test_train_default_refuses_a_window_below_half_a_frame(tmp_path, capsys):
+    assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--cross-modal-window", "0.2"]) == 2
+    assert "cross_modal_window_frames must be None (global fusion) or a finite number >= 0.5" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_default_refuses_a_non_positive_noise_shift(tmp_path, capsys):

@@ -20,6 +20,7 @@ from ..model.checkpoint import load_joint_model, save_joint_model
 from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
 from ..model.joint import JointModel
 from ..generation.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_TEXT_FILE, embedded_config
+from ..model.config import JointConfig
 from ..text.interface import EncodedText
 from ..text.embedded import TinyTextEncoder
 from ..bouncebench.clips import make_batch
@@ -39,6 +40,7 @@ class EmbeddedRecipe:
     batch_size: int = 32
     caption_dropout: float = 0.1          # rows trained with the empty prompt, so text CFG has an unconditional
     data_start_step: int = 0              # a continued run starts here so it sees clips the first run did not
+    cross_modal_window_frames: float | None = None   # JointConfig's: None = global fusion, w = Harmony's window
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=1e-3, warmup_steps=200,
                                                                    ema_decay=0.998, save_every=250, log_every=25))
     loss: FlowLossConfig = FlowLossConfig()
@@ -47,6 +49,11 @@ class EmbeddedRecipe:
         whole("EmbeddedRecipe.batch_size", self.batch_size, 1)
         whole("EmbeddedRecipe.data_start_step", self.data_start_step, 0)
         fraction("EmbeddedRecipe.caption_dropout", self.caption_dropout)
+        self.joint_config()                     # JointConfig checks the window
+
+    def joint_config(self) -> JointConfig:
+        """The network this recipe trains: the embedded default's, with the recipe's cross-modal interaction."""
+        return embedded_config().replace(cross_modal_window_frames=self.cross_modal_window_frames)
 
     def with_steps(self, steps: int) -> "EmbeddedRecipe":
         import dataclasses
@@ -97,10 +104,12 @@ def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = 
     loss.png, recipe.json). ``init_weights``: start from these weights (e.g. the shipped ones) instead of seed."""
     init_model = check_embedded_training_args(out_dir, recipe, init_weights)   # before anything is written
     out_dir = Path(out_dir)
-    video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()
-    config = embedded_config(video_codec, audio_codec)
+    video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()      # the encoders: training needs no decoder
+    config = recipe.joint_config()
     if init_model is not None:
-        model = init_model
+        # The window adds no parameter: weights trained with either interaction start the other one too.
+        model = JointModel(config)
+        model.load_state_dict(init_model.state_dict())
     else:
         torch.manual_seed(seed)
         model = JointModel(config)
@@ -161,7 +170,7 @@ def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=N
         model = load_joint_model(init_weights)
     except CheckpointError as error:
         raise CheckpointError(f"{name['init_weights']}: {error}") from None
-    if model.config != embedded_config():
+    if model.config.replace(cross_modal_window_frames=None) != embedded_config():
         raise CheckpointError(f"{name['init_weights']} {init_weights}: holds another network than the embedded "
                               "default (another configuration); expected weights saved by train-default or the "
                               "shipped weights/embedded_default.safetensors")

@@ -1,0 +1,148 @@
+"""The embedded video codec's learned decoder (codecs/learned_video.py), its training, and pipelines using it.
+
+The round-trip test scores real BounceBench val clips through the shipped codec with the benchmark's own metrics
+(docs/codec.md has the measured table): the codec must keep the picture the sync metrics read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_syncav.bouncebench.clips import make_clips
+from comfyui_syncav.bouncebench.config import VARIANTS, split_seeds
+from comfyui_syncav.bouncebench.evaluation import score_clip
+from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
+from comfyui_syncav.codecs.learned_video import (LearnedDecoderVideoCodec, VideoDecoder, VideoDecoderConfig,
+                                                 load_video_decoder, save_video_decoder)
+from comfyui_syncav.files.safetensors_io import CheckpointError, save_tensors_atomic
+from comfyui_syncav.generation import pipeline as pipeline_module
+from comfyui_syncav.generation.pipeline import EMBEDDED_VIDEO_DECODER_FILE, embedded_codec_pipeline, embedded_config
+from comfyui_syncav.model import JointModel
+from comfyui_syncav.model.checkpoint import save_joint_model
+from comfyui_syncav.train.codec_training import CodecRecipe, ball_weights, codec_batch, train_video_decoder
+from comfyui_syncav.train.loop import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LearnedDecoderVideoCodec:
+    return LearnedDecoderVideoCodec.from_file(EMBEDDED_VIDEO_DECODER_FILE)
+
+
+def round_trip_scores(codec, variant: str, clips: int) -> dict[str, float]:
+    """Mean event F1, one-ball share, colour error of val clips through ``codec`` (video) and the audio codec."""
+    real = make_clips(split_seeds("val", clips), VARIANTS[variant])
+    frames = torch.stack([c.frames for c in real]).float()
+    waveform = torch.stack([c.waveform for c in real]).float()
+    audio = TinyAudioCodec()
+    with torch.no_grad():
+        video_out = codec.decode(codec.encode(frames))
+        audio_out = audio.decode(audio.encode(waveform))[..., :waveform.shape[-1]]
+    records = [score_clip(v.numpy(), a.numpy(), c.fps, c.sample_rate_hz, c)
+               for v, a, c in zip(video_out, audio_out, real)]
+    mean = lambda key: float(np.nanmean([np.nan if r[key] is None else r[key] for r in records]))
+    return {key: mean(key) for key in ("event_f1", "video_blob_count_ok", "video_colour_error",
+                                       "audio_pitch_error_hz")}
+
+
+@pytest.mark.xfail(strict=True, reason="the round-trip targets are not met yet: on these 24 clips the learned "
+                                        "decoder gives F1 0.91, one ball 0.90, colour error 0.061 (docs/codec.md)")
+def test_real_clips_round_trip_at_the_targets(shipped):
+    scores = round_trip_scores(shipped, "standard", 24)
+    assert scores["event_f1"] >= 0.93
+    assert scores["video_blob_count_ok"] >= 0.95
+    assert scores["video_colour_error"] <= 0.02
+
+
+def test_the_learned_decoder_keeps_the_picture_the_linear_one_loses(shipped):
+    learned = round_trip_scores(shipped, "standard", 24)
+    linear = round_trip_scores(TinyVideoCodec(), "standard", 24)
+    # Measured on these clips: learned F1 0.91 / one ball 0.90 / colour 0.061; linear 0.84 / 0.46 / 0.075.
+    assert learned["event_f1"] >= 0.88 and learned["event_f1"] > linear["event_f1"] + 0.03
+    assert learned["video_blob_count_ok"] >= 0.85 and linear["video_blob_count_ok"] < 0.6
+    assert learned["video_colour_error"] < linear["video_colour_error"] - 0.005
+    assert learned["audio_pitch_error_hz"] <= 1.5                # the audio codec keeps the pitch
+
+
+def test_shipped_codec_compresses_and_shares_the_dct_latents(shipped):
+    config = embedded_config(shipped, TinyAudioCodec())
+    assert (shipped.latent_channels, shipped.temporal_stride, shipped.spatial_stride, shipped.fps) == (16, 2, 4, 16.0)
+    frames = torch.rand(1, 32, 32, 32, 3)
+    latent = shipped.encode(frames)
+    assert torch.equal(latent, TinyVideoCodec().encode(frames))           # the DCT encoder: same latent space
+    assert latent.shape == (1, 16, 16, 8, 8) and frames.numel() / latent.numel() == 6.0
+    patch = config.video.patch_size
+    assert shipped.latent_channels * patch[0] * patch[1] * patch[2] * 2 <= config.video.dim   # 64 per token << 128
+    decoded = shipped.decode(latent)
+    assert decoded.shape == frames.shape and 0.0 <= float(decoded.min()) and float(decoded.max()) <= 1.0
+    assert shipped.preview_rgb_factors() == TinyVideoCodec().preview_rgb_factors()
+
+
+def test_noisy_latents_still_decode_to_one_ball(shipped):
+    real = make_clips(split_seeds("val", 8, start=100))
+    frames = torch.stack([c.frames for c in real]).float()
+    with torch.no_grad():
+        latent = shipped.encode(frames)
+        noisy = shipped.decode(latent + 0.1 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)))
+        linear = TinyVideoCodec().decode(latent)
+    ok = [score_clip(v.numpy(), c.waveform.numpy(), c.fps, c.sample_rate_hz, c)["video_blob_count_ok"]
+          for v, c in zip(noisy, real)]
+    ok_linear = [score_clip(v.numpy(), c.waveform.numpy(), c.fps, c.sample_rate_hz, c)["video_blob_count_ok"]
+                 for v, c in zip(linear, real)]
+    # Measured on these 8 clips: one ball in 0.78 of the frames (0.88 without noise), the linear decoder 0.50.
+    assert float(np.mean(ok)) >= 0.7 and float(np.mean(ok)) > float(np.mean(ok_linear)) + 0.2
+
+
+def test_codec_follows_dtype_and_refuses_bad_input(shipped):
+    latent = shipped.encode(torch.rand(1, 4, 8, 8, 3, dtype=torch.float64))
+    assert latent.dtype == torch.float64 and shipped.decode(latent).dtype == torch.float64
+    assert torch.allclose(shipped.decode(latent).float(), shipped.decode(latent.float()), atol=1e-4)
+    with pytest.raises(ValueError, match=r"\[B, 16, Fv, Hv, Wv\]"):
+        shipped.decode(torch.zeros(1, 8, 1, 2, 2))
+    with pytest.raises(ValueError, match="floating-point"):
+        shipped.decode(torch.zeros(1, 16, 1, 2, 2, dtype=torch.int64))
+
+
+def test_save_load_round_trip_and_clear_errors_for_other_files(tmp_path):
+    torch.manual_seed(0)
+    decoder = VideoDecoder(VideoDecoderConfig(width=8))
+    save_video_decoder(decoder, tmp_path / "decoder.safetensors")
+    loaded = load_video_decoder(tmp_path / "decoder.safetensors")
+    assert loaded.config == decoder.config
+    latent = torch.randn(1, 16, 1, 2, 2)
+    assert torch.equal(loaded(latent), decoder(latent))
+    save_tensors_atomic({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="video_decoder_config"):
+        load_video_decoder(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="width"):
+        VideoDecoderConfig(width=0)
+
+
+def test_pipelines_decode_with_the_learned_decoder_and_fall_back_to_the_linear_one(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    save_joint_model(JointModel(embedded_config()), tmp_path / "model.safetensors")
+    assert isinstance(embedded_codec_pipeline(tmp_path / "model.safetensors").video_codec, LearnedDecoderVideoCodec)
+    monkeypatch.setattr(pipeline_module, "EMBEDDED_VIDEO_DECODER_FILE", tmp_path / "absent.safetensors")
+    codec = embedded_codec_pipeline(tmp_path / "model.safetensors").video_codec
+    assert type(codec) is TinyVideoCodec
+
+
+def test_codec_training_batches_weights_and_a_few_steps(tmp_path):
+    frames = codec_batch(3, 4)
+    assert frames.shape == (4, 32, 32, 32, 3)
+    assert not torch.equal(frames, codec_batch(4, 4))                         # fresh clips every step
+    weights = ball_weights(frames, 10.0)
+    ball_share = float((weights > 1).float().mean())
+    assert 0.005 < ball_share < 0.2                                           # the balls, not the background
+    recipe = CodecRecipe(decoder=VideoDecoderConfig(width=8), batch_size=4,
+                         train=TrainConfig(steps=6, lr=3e-3, warmup_steps=1, ema_decay=None, save_every=3,
+                                           log_every=1))
+    path, result = train_video_decoder(tmp_path, recipe, progress=False)
+    history = result.state.history
+    assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
+    codec = LearnedDecoderVideoCodec.from_file(path)
+    assert dataclasses.asdict(codec.decoder.config)["width"] == 8
+    assert codec.decode(codec.encode(codec_batch(100, 2))).shape == (2, 32, 32, 32, 3)
