@@ -216,6 +216,7 @@ def _matches(result: dict, guidance: SyncCFGGuidance, args) -> bool:
     return (result.get("clips") == args.clips and result.get("seed") == args.seed and result.get("steps") == args.steps
             and result.get("variant", "standard") == args.variant
             and result.get("video_decoder", "learned") == ("linear" if args.linear_decoder else "learned")
+            and result.get("sync_lora", False) == args.sync_lora
             and result.get("guidance") == jsonable(dataclasses.asdict(guidance)))
 
 
@@ -228,6 +229,8 @@ def main() -> None:
                         help="comma-separated; names of " + ", ".join(ROWS) + ", or sync<S>[_first_half][_<anchors>]")
     parser.add_argument("--weights", default=None, help="joint-model weights (default: the embedded default)")
     parser.add_argument("--variant", default="standard", help="BounceBench variant (two_balls, fast, noisy, ...)")
+    parser.add_argument("--sync-lora", action="store_true",
+                        help="merge the shipped sync LoRA (weights/embedded_sync_lora.safetensors) into the model")
     parser.add_argument("--linear-decoder", action="store_true",
                         help="decode video with the DCT codec's linear decoder instead of the learned one")
     parser.add_argument("--json-dir", default=None)
@@ -243,11 +246,16 @@ def main() -> None:
     except ValueError as error:
         parser.error(f"--rows: {error}")
 
-    from comfyui_syncav.generation.pipeline import build_embedded_default
+    from comfyui_syncav.generation.pipeline import build_embedded_default, embedded_sync_lora_path
     from comfyui_syncav.bouncebench.config import VARIANTS
     from comfyui_syncav.codecs.embedded import TinyVideoCodec
 
     pipeline = build_embedded_default(weights=args.weights)
+    if args.sync_lora:
+        from comfyui_syncav.runtime.lora import apply_lora, load_lora
+
+        lora_path = embedded_sync_lora_path()
+        apply_lora(pipeline.model, load_lora(lora_path)[0], where=lora_path.name)
     if args.linear_decoder:
         pipeline.video_codec = TinyVideoCodec()       # same latents, the linear decoder
     json_dir = Path(args.json_dir) if args.json_dir else None
@@ -282,6 +290,7 @@ def main() -> None:
                                              variant=args.variant, guidance=guidance, steps=args.steps,
                                              include_real=(name == BASE_ROW), progress=False)
         results[name]["video_decoder"] = "linear" if args.linear_decoder else "learned"
+        results[name]["sync_lora"] = bool(args.sync_lora)
         print(f"{name}: F1 {results[name]['event_f1']:.3f} (chance {results[name]['chance_event_f1']:.3f}) in "
               f"{results[name]['elapsed_s']:.0f} s", flush=True)
         if path is not None:

@@ -110,3 +110,39 @@ def test_evaluation_keeps_per_clip_chance_whose_mean_is_the_chance_baseline(pipe
     assert sum(chance) / 3 == pytest.approx(result["chance_event_f1"], abs=1e-12)
     margins = [r["event_f1"] - c for r, c in zip(result["per_clip"], chance)]
     assert sum(margins) / 3 == pytest.approx(result["event_f1_margin"], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ two runs
+
+COMPARE = SCRIPT.parent / "compare_runs.py"
+
+
+def _result(f1s, chances, **settings):
+    records = [{"seed": 100 + i, "event_f1": f} for i, f in enumerate(f1s)]
+    return {"split": "val", "seed": 0, "clips": len(f1s), "variant": "standard", "guidance": {"text": 4},
+            "steps": 25, "solver": "unipc", "shift": 3.0, "seeds": [r["seed"] for r in records],
+            "per_clip": records, "chance": {"per_clip_event_f1": chances}, "event_f1": sum(f1s) / len(f1s),
+            **settings}
+
+
+@pytest.mark.bench_script
+def test_compare_runs_pairs_two_results_by_clip_and_refuses_other_clips(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    a = _result([0.5, 0.4, 0.7], [0.3, 0.3, 0.3])
+    b = _result([0.6, 0.6, 0.6], [0.3, 0.2, 0.4])
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    run = subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                         capture_output=True, text=True, check=True)
+    result = dict(item.split("=") for item in run.stdout.strip().splitlines()[-1].split()[1:])
+    # F1 differences +0.1, +0.2, -0.1 (mean 1/15, SE sqrt(7/300)/sqrt(3)); margins 0.2, 0.1, 0.4 -> 0.3, 0.4, 0.2
+    assert float(result["df1"]) == pytest.approx(1 / 15, abs=1e-4)
+    assert float(result["df1_se"]) == pytest.approx(math.sqrt(7 / 300 / 3), abs=1e-4)
+    assert float(result["dmargin"]) == pytest.approx((0.1 + 0.3 - 0.2) / 3, abs=1e-4)
+    (tmp_path / "c.json").write_text(json.dumps(_result([0.6, 0.6, 0.6], [0.3, 0.2, 0.4], variant="fast")))
+    other = subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "a.json"), str(tmp_path / "c.json")],
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "variant differ" in other.stderr
