@@ -43,12 +43,18 @@ def train_default_command(args) -> int:
 def train_codec_command(args) -> int:
     from dataclasses import replace
 
-    from ..train.codec_training import CodecRecipe, train_video_decoder
+    from ..files.atomic import check_output_path
+    from ..generation.pipeline import EMBEDDED_VIDEO_DECODER_FILE
+    from ..train.codec_training import DECODER_FILE_NAME, CodecRecipe, train_video_decoder
+    from ..train.loop import CHECKPOINT_NAME
     from ..train.value_rules import named_as
 
     with named_as({"steps": "--steps"}):
         recipe = CodecRecipe()
         recipe = replace(recipe, train=replace(recipe.train, steps=args.steps))
+    # The shipped decoder must not be overwritten by a run (copying it in is the user's step).
+    check_output_path(args.out, "--out", folder=True, writes=(DECODER_FILE_NAME, CHECKPOINT_NAME),
+                      inputs={"shipped video decoder": EMBEDDED_VIDEO_DECODER_FILE})
     path, result = train_video_decoder(args.out, recipe, resume=not args.no_resume)
     print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; wrote {path} (copy it into "
           "weights/ to use it)")

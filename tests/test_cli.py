@@ -184,3 +184,15 @@ def test_generate_sync_anchors_change_the_clip_and_unknown_ones_are_refused(tmp_
     with pytest.raises(SystemExit):
         main(["generate", "--prompt", "ball", "--sync-anchors", "loud", "--out", str(tmp_path / "x.mp4")])
     assert "invalid choice: 'loud'" in capsys.readouterr().err
+
+
+def test_train_codec_refuses_the_shipped_weights_folder_and_bad_steps(tmp_path, capsys):
+    from comfyui_syncav.generation.pipeline import EMBEDDED_VIDEO_DECODER_FILE
+
+    before = EMBEDDED_VIDEO_DECODER_FILE.read_bytes()
+    assert main(["train-codec", "--out", str(EMBEDDED_VIDEO_DECODER_FILE.parent), "--steps", "1"]) == 2
+    assert "shipped video decoder" in capsys.readouterr().err
+    assert EMBEDDED_VIDEO_DECODER_FILE.read_bytes() == before
+    assert main(["train-codec", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
+    assert "--steps: expected a whole number >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
