@@ -95,6 +95,7 @@ class TinyVideoCodec(VideoCodec):
     temporal_stride = 2
     spatial_stride = 4
     causal_first_frame = False
+    block_size = temporal_stride * spatial_stride * spatial_stride * 3    # values per block: frames x rows x cols x rgb
 
     def __init__(self):
         if len(TINY_VIDEO_COEFFICIENTS) != self.latent_channels:
@@ -109,11 +110,6 @@ class TinyVideoCodec(VideoCodec):
             rows.append(vector.reshape(-1))
         self.basis = torch.stack(rows)                                    # [16, 96] orthonormal rows
         self.coefficient_std = torch.tensor(TINY_VIDEO_COEFFICIENT_STD, dtype=torch.float64)   # [16]
-
-    @property
-    def block_size(self) -> int:
-        """Values per block: frames x rows x columns x rgb."""
-        return self.temporal_stride * self.spatial_stride * self.spatial_stride * 3
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B, F, H, W, 3] in 0..1 (clamped) -> latent [B, 16, F/2, H/4, W/4]."""

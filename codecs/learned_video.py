@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ..files.safetensors_io import CheckpointError, load_weights, read_header, save_tensors_atomic
-from ..model.config import TINY_VIDEO_CHANNELS
 from .blocks import blocks_to_frames, check_latent
 from .embedded import TinyVideoCodec
 
@@ -50,11 +49,10 @@ class VideoDecoder(nn.Module):
     def __init__(self, config: VideoDecoderConfig = VideoDecoderConfig()):
         super().__init__()
         self.config = config
-        block_values = TinyVideoCodec.temporal_stride * TinyVideoCodec.spatial_stride ** 2 * 3
         width = config.width
-        self.layers = nn.Sequential(nn.Conv3d(TINY_VIDEO_CHANNELS, width, 3, padding=1), nn.SiLU(),
+        self.layers = nn.Sequential(nn.Conv3d(TinyVideoCodec.latent_channels, width, 3, padding=1), nn.SiLU(),
                                     nn.Conv3d(width, width, 3, padding=1), nn.SiLU(),
-                                    nn.Conv3d(width, block_values, 3, padding=1))
+                                    nn.Conv3d(width, TinyVideoCodec.block_size, 3, padding=1))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         # A linear output around mid-grey, not a sigmoid: BounceBench's near-black background sits where a

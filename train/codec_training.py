@@ -68,11 +68,11 @@ def ball_weights(frames: torch.Tensor, ball_weight: float) -> torch.Tensor:
     return 1.0 + (ball_weight - 1.0) * ball.float()
 
 
-def decoder_loss(decoder: VideoDecoder, frames: torch.Tensor, generator: torch.Generator,
+def decoder_loss(decoder: VideoDecoder, encoder: TinyVideoCodec, frames: torch.Tensor, generator: torch.Generator,
                  recipe: CodecRecipe) -> tuple[torch.Tensor, dict[str, float]]:
     """Ball-weighted squared error of frames [B, F, H, W, 3] decoded from their (partly noised) DCT latents."""
     with torch.no_grad():
-        latent = TinyVideoCodec().encode(frames)                          # [B, 16, Fv, Hv, Wv], ~unit variance
+        latent = encoder.encode(frames)                                   # [B, 16, Fv, Hv, Wv], ~unit variance
     rows = frames.shape[0]
     level = torch.rand(rows, generator=generator) * recipe.max_latent_noise
     level = torch.where(torch.rand(rows, generator=generator) < recipe.noisy_fraction, level, 0.0)
@@ -95,9 +95,10 @@ def train_video_decoder(out_dir: str | os.PathLike, recipe: CodecRecipe = CodecR
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     decoder = VideoDecoder(recipe.decoder)
+    encoder = TinyVideoCodec()
 
     def loss_fn(model, frames, generator):
-        return decoder_loss(model, frames, generator, recipe)
+        return decoder_loss(model, encoder, frames, generator, recipe)
 
     result = train(decoder, lambda step, _: codec_batch(step, recipe.batch_size), loss_fn, recipe.train, out_dir,
                    resume=resume, progress=progress)
