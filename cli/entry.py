@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--solver", choices=("unipc", "euler"), default="unipc")
     gen.add_argument("--shift", type=float, default=3.0)
-    gen.add_argument("--text-scale", type=float, default=4.0, help="text guidance, both streams (1 = off)")
+    gen.add_argument("--text-scale", type=float, default=None,
+                     help="text guidance, both streams (1 = off; default 2 for the embedded model, 4 for Ovi)")
     gen.add_argument("--sync-scale", type=float, default=2.0, help="SyncCFG sync guidance, both streams (1 = off)")
     add_stream_sync_args(gen)
     gen.add_argument("--sync-interval", type=interval_arg, default=(0.0, 1.0), metavar="START,END",
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc = commands.add_parser("train-codec", help="train the embedded video codec's decoder on BounceBench "
                                                  "(resumable)")
     tc.add_argument("--out", required=True, help="run folder: resumable state and embedded_video_decoder.safetensors")
-    tc.add_argument("--steps", type=int, default=3000, help="total optimizer steps")
+    tc.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the recipe's)")
     tc.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
 
     add_train_dpo_arguments(commands)

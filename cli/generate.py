@@ -13,10 +13,10 @@ def generate_command(args) -> int:
     from ..files.atomic import check_output_path
     from ..generation.generate import check_generation_args, generate_clip, resolve_device
     from ..files.media_io import write_mp4
-    from ..generation.pipeline import build_embedded_default
+    from ..generation.pipeline import EMBEDDED_TEXT_SCALE, build_embedded_default
     from ..guidance.sync_cfg import SyncCFGGuidance
     from ..ovi.prompt import compose_prompts
-    from ..ovi.variants import get_variant
+    from ..ovi.variants import OVI_TEXT_SCALE, get_variant
     from ..runtime.compile import apply_compile_choice
 
     started = time.perf_counter()
@@ -28,7 +28,9 @@ def generate_command(args) -> int:
     check_generation_args(seconds=args.seconds, height_px=args.height, width_px=args.width, steps=args.steps,
                           solver=args.solver, shift=args.shift, seed=args.seed)
     sync_video, sync_audio = stream_sync_scales(args, args.sync_scale)
-    guidance = SyncCFGGuidance(text_scale_video=args.text_scale, text_scale_audio=args.text_scale,
+    text_scale = args.text_scale if args.text_scale is not None else (
+        EMBEDDED_TEXT_SCALE if args.model == "embedded" else OVI_TEXT_SCALE)
+    guidance = SyncCFGGuidance(text_scale_video=text_scale, text_scale_audio=text_scale,
                                sync_scale_video=sync_video, sync_scale_audio=sync_audio,
                                sync_interval=args.sync_interval, slg_blocks=args.slg_blocks,
                                anchors=args.sync_anchors)

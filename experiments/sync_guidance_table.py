@@ -6,7 +6,8 @@ the "plain" row paired clip by clip, with its standard error. Every row's full J
 (``--reuse`` loads a row from there instead of running it again, when its settings match).
 
 Rows (``--rows``): the names of ``ROWS``, or ``sync<S>[_first_half][_<anchors>]`` with anchors ``harmony`` (the
-default), ``audio_alone`` or ``cut`` (``cross_modal_cut``), e.g. ``sync1.5_cut``: text scale 4, sync scale S.
+default), ``audio_alone`` or ``cut`` (``cross_modal_cut``), e.g. ``sync1.5_cut``: sync scale S; every row but
+no_guidance (text 1) has text scale ``--text-scale`` (default 4).
 
 Cost: model passes per step in units of one full joint pass (J, U and the full anchor passes count 1; the
 audio-alone pass counts the audio tower's share of a pass, its FLOPs on this clip size counted with
@@ -46,9 +47,9 @@ from comfyui_syncav.text.interface import EncodedText
 
 
 class Row(NamedTuple):
-    """One guidance setting of the table."""
+    """One guidance setting of the table (text None: the table's ``--text-scale``)."""
 
-    text: float
+    text: float | None
     sync: float
     interval: tuple[float, float] = (0.0, 1.0)
     anchors: SyncAnchors = SyncAnchors.HARMONY
@@ -56,19 +57,20 @@ class Row(NamedTuple):
 
 ROWS = {
     "no_guidance": Row(1.0, 1.0),
-    "plain": Row(4.0, 1.0),
-    "sync1.5": Row(4.0, 1.5),
-    "sync2": Row(4.0, 2.0),
-    "sync3": Row(4.0, 3.0),
-    "sync2_first_half": Row(4.0, 2.0, (0.0, 0.5)),
-    "sync2_audio_alone": Row(4.0, 2.0, anchors=SyncAnchors.AUDIO_ALONE),
-    "sync2_cut": Row(4.0, 2.0, anchors=SyncAnchors.CROSS_MODAL_CUT),
+    "plain": Row(None, 1.0),
+    "sync1.5": Row(None, 1.5),
+    "sync2": Row(None, 2.0),
+    "sync3": Row(None, 3.0),
+    "sync2_first_half": Row(None, 2.0, (0.0, 0.5)),
+    "sync2_audio_alone": Row(None, 2.0, anchors=SyncAnchors.AUDIO_ALONE),
+    "sync2_cut": Row(None, 2.0, anchors=SyncAnchors.CROSS_MODAL_CUT),
 }
 # Row-name suffix -> anchors (``sync<S>[_first_half][_<suffix>]``).
 ANCHOR_SUFFIXES = {"harmony": SyncAnchors.HARMONY, "audio_alone": SyncAnchors.AUDIO_ALONE,
                    "cut": SyncAnchors.CROSS_MODAL_CUT, "cross_modal_cut": SyncAnchors.CROSS_MODAL_CUT}
 _ROW_PATTERN = re.compile(r"sync(\d+(?:\.\d+)?)(_first_half)?(?:_(" + "|".join(ANCHOR_SUFFIXES) + r"))?")
 BASE_ROW = "plain"
+DEFAULT_TEXT_SCALE = 4.0
 COLUMNS = ("event_f1", "chance_event_f1", "event_f1_margin", "median_offset_ms", "av_align", "xcorr_offset_ms",
            "video_blob_count_ok", "video_colour_error", "audio_pitch_error_hz", "audio_spectral_distance_db")
 # Per-clip numbers whose difference against the base row is paired clip by clip (xcorr offset left out: it is
@@ -78,16 +80,18 @@ DIFF_KEYS = ("event_f1", "event_f1_margin", "median_offset_ms", "av_align", "vid
 TIMING_FILE = "timing.json"
 
 
-def parse_row(name: str) -> Row:
-    """The guidance setting a row name asks for (``ROWS``, or ``sync<S>[_first_half][_<anchors>]``)."""
+def parse_row(name: str, text_scale: float = DEFAULT_TEXT_SCALE) -> Row:
+    """The guidance setting a row name asks for (``ROWS``, or ``sync<S>[_first_half][_<anchors>]``), its text scale
+    ``text_scale`` unless the row fixes it (no_guidance: 1)."""
     if name in ROWS:
-        return ROWS[name]
+        row = ROWS[name]
+        return row if row.text is not None else row._replace(text=float(text_scale))
     match = _ROW_PATTERN.fullmatch(name)
     if not match:
         raise ValueError(f"row {name!r}: expected one of {', '.join(ROWS)}, or sync<scale>[_first_half][_<anchors>] "
                          f"with anchors one of {', '.join(ANCHOR_SUFFIXES)} (e.g. sync1.5_cut)")
     scale, first_half, suffix = match.groups()
-    return Row(4.0, float(scale), (0.0, 0.5) if first_half else (0.0, 1.0),
+    return Row(float(text_scale), float(scale), (0.0, 0.5) if first_half else (0.0, 1.0),
                ANCHOR_SUFFIXES[suffix] if suffix else SyncAnchors.HARMONY)
 
 
@@ -158,14 +162,15 @@ def cost_ratios(timing: dict, base: str = BASE_ROW) -> dict[str, float]:
     return {row: min(values) / min(seconds[base]) for row, values in seconds.items()}
 
 
-def time_rows(pipeline, names: list[str], clips: int, steps: int, seed: int) -> dict:
+def time_rows(pipeline, names: list[str], clips: int, steps: int, seed: int,
+              text_scale: float = DEFAULT_TEXT_SCALE) -> dict:
     """Seconds of ``generate_clip`` per clip for every row, the rows alternating clip by clip (their order rotates
     each clip) after one warm-up clip per row. Returns ``{"clips", "steps", "seconds": {row: [...]}}``."""
     from comfyui_syncav.bouncebench.clips import make_clips
     from comfyui_syncav.bouncebench.config import STANDARD, split_seeds
     from comfyui_syncav.generation.generate import generate_clip
 
-    guidances = {name: guidance_of(parse_row(name)) for name in names}
+    guidances = {name: guidance_of(parse_row(name, text_scale)) for name in names}
     reals = make_clips(split_seeds("val", clips, start=seed), STANDARD)
     seconds = {name: [] for name in names}
 
@@ -225,6 +230,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0, help="first val clip")
+    parser.add_argument("--text-scale", type=float, default=DEFAULT_TEXT_SCALE,
+                        help="text guidance of every row but no_guidance (both streams)")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help="comma-separated; names of " + ", ".join(ROWS) + ", or sync<S>[_first_half][_<anchors>]")
     parser.add_argument("--weights", default=None, help="joint-model weights (default: the embedded default)")
@@ -242,7 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     names = [n for n in args.rows.split(",") if n]
     try:
-        rows = {name: parse_row(name) for name in names}
+        rows = {name: parse_row(name, args.text_scale) for name in names}
     except ValueError as error:
         parser.error(f"--rows: {error}")
 
@@ -263,7 +270,7 @@ def main() -> None:
         json_dir.mkdir(parents=True, exist_ok=True)
 
     if args.timing_clips:
-        timing = time_rows(pipeline, names, args.timing_clips, args.steps, args.seed)
+        timing = time_rows(pipeline, names, args.timing_clips, args.steps, args.seed, args.text_scale)
         ratios = cost_ratios(timing)
         if json_dir:
             write_json_atomic(json_dir / TIMING_FILE, timing)

@@ -70,6 +70,8 @@ TEXT_ENCODER = ModelFile("text encoder (UMT5-XXL)", ("text_encoders",),
                           "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))   # fp8: ComfyUI's CLIP loader only
 # config.json and tokenizer files of google/umt5-xxl, for the transformers encoder (ComfyUI's CLIP loader needs none).
 TEXT_ENCODER_CONFIG_FOLDERS = ("umt5-xxl", "google/umt5-xxl", "umt5_xxl")
+# The text guidance the CLI generates Ovi clips with when none is given (Ovi's own video scale).
+OVI_TEXT_SCALE = 4.0
 
 
 @dataclass(frozen=True)

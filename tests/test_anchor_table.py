@@ -69,6 +69,9 @@ def test_rows_name_their_anchors(table):
     assert table.parse_row("sync1.5_first_half_cross_modal_cut") == table.Row(4.0, 1.5, (0.0, 0.5),
                                                                                 SyncAnchors.CROSS_MODAL_CUT)
     assert table.parse_row("plain") == table.Row(4.0, 1.0) and table.parse_row("no_guidance").text == 1.0
+    # --text-scale sets every row's text scale but no_guidance's.
+    assert table.parse_row("plain", 2.0) == table.Row(2.0, 1.0) and table.parse_row("no_guidance", 2.0).text == 1.0
+    assert table.parse_row("sync1.5_audio_alone", 1.5).text == 1.5
     guidance = table.guidance_of(table.parse_row("sync3_audio_alone"))
     assert guidance == SyncCFGGuidance(4.0, 4.0, 3.0, 3.0, anchors=SyncAnchors.AUDIO_ALONE)
     for bad in ("sync2_muted", "sync", "Plain", "sync2_cut_first_half"):

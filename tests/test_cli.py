@@ -186,6 +186,20 @@ def test_generate_sync_anchors_change_the_clip_and_unknown_ones_are_refused(tmp_
     assert "invalid choice: 'loud'" in capsys.readouterr().err
 
 
+def test_generate_on_the_embedded_model_defaults_to_its_text_scale(tmp_path):
+    from comfyui_syncav.generation.pipeline import EMBEDDED_TEXT_SCALE
+
+    def clip(*text_scale):
+        out = tmp_path / f"text{'_'.join(text_scale) or '_default'}.mp4"
+        assert main(["generate", "--prompt", "a red ball bouncing", "--steps", "2", "--seconds", "0.5",
+                     *(("--text-scale", *text_scale) if text_scale else ()), "--out", str(out)]) == 0
+        return out.read_bytes()
+
+    assert EMBEDDED_TEXT_SCALE == 2.0
+    default = clip()
+    assert default == clip("2") and default != clip("4")
+
+
 def test_train_codec_refuses_the_shipped_weights_folder_and_bad_steps(tmp_path, capsys):
     from comfyui_syncav.generation.pipeline import EMBEDDED_VIDEO_DECODER_FILE
 
