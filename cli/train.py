@@ -51,7 +51,8 @@ def train_codec_command(args) -> int:
 
     with named_as({"steps": "--steps"}):
         recipe = CodecRecipe()
-        recipe = replace(recipe, train=replace(recipe.train, steps=args.steps))
+        if args.steps is not None:
+            recipe = replace(recipe, train=replace(recipe.train, steps=args.steps))
     # The shipped decoder must not be overwritten by a run (copying it in is the user's step).
     check_output_path(args.out, "--out", folder=True, writes=(DECODER_FILE_NAME, CHECKPOINT_NAME),
                       inputs={"shipped video decoder": EMBEDDED_VIDEO_DECODER_FILE})
