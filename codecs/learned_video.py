@@ -7,7 +7,7 @@ colour comes back mixed with the background's (docs/codec.md). What the kept num
 to a fraction of a pixel, its radius and colour) is far more than a linear decoder can use, because a ball on a
 plain background is a strong prior. This decoder learns that prior:
 
-    latent [B, 16, Fv, Hv, Wv] -> 3-D conv (3x3x3) x 3 with SiLU between -> 96 numbers per latent position
+    latent [B, 16, Fv, Hv, Wv] -> 2 + hidden_layers 3-D convs (3x3x3) with SiLU between -> 96 numbers per latent position
     -> the 2x4x4 RGB block around mid-grey -> frames, clamped to 0..1.
 
 Each 3x3x3 convolution sees the neighbouring blocks, so a ball that straddles a block border is drawn as one object.
@@ -36,10 +36,14 @@ CONFIG_METADATA_KEY = "video_decoder_config"
 @dataclass(frozen=True)
 class VideoDecoderConfig:
     width: int = 64                  # channels of the hidden convolutions
+    hidden_layers: int = 1           # width -> width convolutions between the first and the last (files saved
+                                     # before this field existed have one)
 
     def __post_init__(self):
-        if not isinstance(self.width, int) or isinstance(self.width, bool) or self.width < 1:
-            raise ValueError(f"VideoDecoderConfig.width: expected a positive integer, got {self.width!r}")
+        for name, least in (("width", 1), ("hidden_layers", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"VideoDecoderConfig.{name}: expected an integer >= {least}, got {value!r}")
 
 
 class VideoDecoder(nn.Module):
@@ -50,9 +54,10 @@ class VideoDecoder(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
+        hidden = [module for _ in range(config.hidden_layers)
+                  for module in (nn.Conv3d(width, width, 3, padding=1), nn.SiLU())]
         self.layers = nn.Sequential(nn.Conv3d(TinyVideoCodec.latent_channels, width, 3, padding=1), nn.SiLU(),
-                                    nn.Conv3d(width, width, 3, padding=1), nn.SiLU(),
-                                    nn.Conv3d(width, TinyVideoCodec.block_size, 3, padding=1))
+                                    *hidden, nn.Conv3d(width, TinyVideoCodec.block_size, 3, padding=1))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         # A linear output around mid-grey, not a sigmoid: BounceBench's near-black background sits where a

@@ -7,6 +7,7 @@ The round-trip test scores real BounceBench val clips through the shipped codec 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from comfyui_syncav.bouncebench.clips import make_clips
 from comfyui_syncav.bouncebench.config import VARIANTS, split_seeds
 from comfyui_syncav.bouncebench.evaluation import score_clip
 from comfyui_syncav.codecs.embedded import TinyAudioCodec, TinyVideoCodec
-from comfyui_syncav.codecs.learned_video import (LearnedDecoderVideoCodec, VideoDecoder, VideoDecoderConfig,
-                                                 load_video_decoder, save_video_decoder)
+from comfyui_syncav.codecs.learned_video import (CONFIG_METADATA_KEY, LearnedDecoderVideoCodec, VideoDecoder,
+                                                 VideoDecoderConfig, load_video_decoder, save_video_decoder)
 from comfyui_syncav.files.safetensors_io import CheckpointError, save_tensors_atomic
 from comfyui_syncav.generation import pipeline as pipeline_module
 from comfyui_syncav.generation.pipeline import EMBEDDED_VIDEO_DECODER_FILE, embedded_codec_pipeline, embedded_config
@@ -48,19 +49,24 @@ def round_trip_scores(codec, variant: str, clips: int) -> dict[str, float]:
                                        "audio_pitch_error_hz")}
 
 
-@pytest.mark.xfail(strict=True, reason="the round-trip targets are not met yet: on these 24 clips the learned "
-                                        "decoder gives F1 0.91, one ball 0.90, colour error 0.061 (docs/codec.md)")
-def test_real_clips_round_trip_at_the_targets(shipped):
+def test_real_clips_round_trip_at_the_event_and_ball_count_targets(shipped):
     scores = round_trip_scores(shipped, "standard", 24)
+    # Measured on these 24 clips: F1 0.948 (the real clips: 0.954), one ball in 0.991 of the frames.
     assert scores["event_f1"] >= 0.93
     assert scores["video_blob_count_ok"] >= 0.95
-    assert scores["video_colour_error"] <= 0.02
+
+
+@pytest.mark.xfail(strict=True, reason="the colour target is not met yet: on these 24 clips the colour error is "
+                                        "0.054; the decoded interior ripples by about +-0.05 and the tracker reads "
+                                        "the 90th percentile of the ball's pixels (docs/codec.md)")
+def test_real_clips_round_trip_at_the_colour_target(shipped):
+    assert round_trip_scores(shipped, "standard", 24)["video_colour_error"] <= 0.02
 
 
 def test_the_learned_decoder_keeps_the_picture_the_linear_one_loses(shipped):
     learned = round_trip_scores(shipped, "standard", 24)
     linear = round_trip_scores(TinyVideoCodec(), "standard", 24)
-    # Measured on these clips: learned F1 0.91 / one ball 0.90 / colour 0.061; linear 0.84 / 0.46 / 0.075.
+    # Measured on these clips: learned F1 0.95 / one ball 0.99 / colour 0.054; linear 0.84 / 0.46 / 0.075.
     assert learned["event_f1"] >= 0.88 and learned["event_f1"] > linear["event_f1"] + 0.03
     assert learned["video_blob_count_ok"] >= 0.85 and linear["video_blob_count_ok"] < 0.6
     assert learned["video_colour_error"] < linear["video_colour_error"] - 0.005
@@ -92,8 +98,8 @@ def test_noisy_latents_still_decode_to_one_ball(shipped):
           for v, c in zip(noisy, real)]
     ok_linear = [score_clip(v.numpy(), c.waveform.numpy(), c.fps, c.sample_rate_hz, c)["video_blob_count_ok"]
                  for v, c in zip(linear, real)]
-    # Measured on these 8 clips: one ball in 0.78 of the frames (0.88 without noise), the linear decoder 0.50.
-    assert float(np.mean(ok)) >= 0.7 and float(np.mean(ok)) > float(np.mean(ok_linear)) + 0.2
+    # Measured on these 8 clips: one ball in 0.996 of the frames (1.0 without noise), the linear decoder 0.50.
+    assert float(np.mean(ok)) >= 0.9 and float(np.mean(ok)) > float(np.mean(ok_linear)) + 0.2
 
 
 def test_codec_follows_dtype_and_refuses_bad_input(shipped):
@@ -119,6 +125,26 @@ def test_save_load_round_trip_and_clear_errors_for_other_files(tmp_path):
         load_video_decoder(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="width"):
         VideoDecoderConfig(width=0)
+    with pytest.raises(ValueError, match="hidden_layers"):
+        VideoDecoderConfig(hidden_layers=-1)
+
+
+def test_hidden_layers_set_the_depth_and_files_without_the_field_load_as_one(tmp_path):
+    convolutions = [sum(isinstance(m, torch.nn.Conv3d) for m in VideoDecoder(VideoDecoderConfig(8, n)).modules())
+                    for n in (0, 1, 3)]
+    assert convolutions == [2, 3, 5]
+    torch.manual_seed(0)
+    decoder = VideoDecoder(VideoDecoderConfig(width=8, hidden_layers=1))
+    # A decoder saved before hidden_layers existed: its metadata names only the width.
+    save_tensors_atomic(dict(decoder.state_dict()), tmp_path / "old.safetensors",
+                        {CONFIG_METADATA_KEY: json.dumps({"width": 8})})
+    loaded = load_video_decoder(tmp_path / "old.safetensors")
+    assert loaded.config == VideoDecoderConfig(width=8, hidden_layers=1)
+    latent = torch.randn(1, 16, 2, 2, 2)
+    assert torch.equal(loaded(latent), decoder(latent))
+    deeper = VideoDecoder(VideoDecoderConfig(width=8, hidden_layers=2))
+    save_video_decoder(deeper, tmp_path / "deeper.safetensors")
+    assert load_video_decoder(tmp_path / "deeper.safetensors").config.hidden_layers == 2
 
 
 def test_pipelines_decode_with_the_learned_decoder_and_fall_back_to_the_linear_one(tmp_path, monkeypatch):

@@ -33,12 +33,12 @@ DECODER_FILE_NAME = "embedded_video_decoder.safetensors"
 
 @dataclass(frozen=True)
 class CodecRecipe:
-    decoder: VideoDecoderConfig = VideoDecoderConfig()
+    decoder: VideoDecoderConfig = VideoDecoderConfig(width=96, hidden_layers=2)
     batch_size: int = 16
     ball_weight: float = 10.0          # loss weight of pixels that differ from the background
     max_latent_noise: float = 0.1      # decoder input noise: up to this standard deviation (latents have ~unit)
     noisy_fraction: float = 0.25       # share of the clips decoded from noisy latents
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=2e-3, warmup_steps=100,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=9000, lr=2e-3, warmup_steps=100,
                                                                    ema_decay=0.995, save_every=250, log_every=25,
                                                                    weight_decay=0.0))
 
