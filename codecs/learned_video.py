@@ -7,14 +7,14 @@ colour comes back mixed with the background's (docs/codec.md). What the kept num
 to a fraction of a pixel, its radius and colour) is far more than a linear decoder can use, because a ball on a
 plain background is a strong prior. This decoder learns that prior:
 
-    latent [B, 16, Fv, Hv, Wv] -> 2 + hidden_layers 3-D convs (3x3x3) with SiLU between -> 96 numbers per latent position
-    -> the 2x4x4 RGB block around mid-grey -> frames, clamped to 0..1.
+    latent [B, 16, Fv, Hv, Wv] -> 2 + hidden_layers 3-D convs (3x3x3) with SiLU between
+    -> 96 numbers per latent position -> the 2x4x4 RGB block around mid-grey -> frames, clamped to 0..1.
 
 Each 3x3x3 convolution sees the neighbouring blocks, so a ball that straddles a block border is drawn as one object.
 The encoder, the latent space, the rates and the linear preview colours are the DCT codec's, so every joint model
 trained on DCT latents (the embedded default's weights) decodes through it unchanged. The decoder is trained on
 latents with added noise too (``train/codec_training.py``), so the slightly wrong latents a diffusion model samples
-still decode to clean balls. Its weights ship in ``weights/`` (about 1 MB); the config is in the file's metadata.
+still decode to clean balls. Its weights ship in ``weights/`` (about 3 MB); the config is in the file's metadata.
 """
 
 from __future__ import annotations
