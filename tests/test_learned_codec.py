@@ -172,3 +172,13 @@ def test_codec_training_batches_weights_and_a_few_steps(tmp_path):
     codec = LearnedDecoderVideoCodec.from_file(path)
     assert dataclasses.asdict(codec.decoder.config)["width"] == 8
     assert codec.decode(codec.encode(codec_batch(100, 2))).shape == (2, 32, 32, 32, 3)
+
+
+def test_build_embedded_default_refuses_weights_asked_for_that_are_missing(tmp_path):
+    from comfyui_syncav.generation.pipeline import build_embedded_default
+
+    with pytest.raises(FileNotFoundError, match="absent.safetensors is not a file"):
+        build_embedded_default(weights=tmp_path / "absent.safetensors")
+    torch.manual_seed(0)
+    save_joint_model(JointModel(embedded_config()), tmp_path / "model.safetensors")
+    assert build_embedded_default(weights=tmp_path / "model.safetensors").name == "embedded-default"
