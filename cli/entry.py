@@ -90,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     tc = commands.add_parser("train-codec", help="train the embedded video codec's decoder on BounceBench "
                                                  "(resumable)")
     tc.add_argument("--out", required=True, help="run folder: resumable state and embedded_video_decoder.safetensors")
-    tc.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the recipe's)")
+    tc.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps of the first stage, the block network (default: the recipe's)")
+    tc.add_argument("--refine-steps", type=int, default=None,
+                    help="optimizer steps of the second stage, the full-resolution refinement (default: the "
+                         "recipe's)")
+    tc.add_argument("--first-stage", default=None, metavar="FILE",
+                    help="a decoder without refinement to use as the (frozen) first stage instead of training one, "
+                         "e.g. an earlier run's embedded_video_decoder.safetensors")
     tc.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
 
     add_train_dpo_arguments(commands)

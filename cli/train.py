@@ -53,10 +53,13 @@ def train_codec_command(args) -> int:
         recipe = CodecRecipe()
         if args.steps is not None:
             recipe = replace(recipe, train=replace(recipe.train, steps=args.steps))
+    with named_as({"steps": "--refine-steps"}):
+        if args.refine_steps is not None:
+            recipe = replace(recipe, refine_train=replace(recipe.refine_train, steps=args.refine_steps))
     # The shipped decoder must not be overwritten by a run (copying it in is the user's step).
     check_output_path(args.out, "--out", folder=True, writes=(DECODER_FILE_NAME, CHECKPOINT_NAME),
                       inputs={"shipped video decoder": EMBEDDED_VIDEO_DECODER_FILE})
-    path, result = train_video_decoder(args.out, recipe, resume=not args.no_resume)
+    path, result = train_video_decoder(args.out, recipe, first_stage=args.first_stage, resume=not args.no_resume)
     print(f"trained {result.state.step} steps in {result.state.seconds / 60:.1f} min; wrote {path} (copy it into "
           "weights/ to use it)")
     return 0

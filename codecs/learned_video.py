@@ -8,9 +8,13 @@ to a fraction of a pixel, its radius and colour) is far more than a linear decod
 plain background is a strong prior. This decoder learns that prior:
 
     latent [B, 16, Fv, Hv, Wv] -> 2 + hidden_layers 3-D convs (3x3x3) with SiLU between
-    -> 96 numbers per latent position -> the 2x4x4 RGB block around mid-grey -> frames, clamped to 0..1.
+    -> 96 numbers per latent position -> the 2x4x4 RGB block around mid-grey -> frames
+    -> (optional) + a full-resolution refinement of each frame -> clamped to 0..1.
 
 Each 3x3x3 convolution sees the neighbouring blocks, so a ball that straddles a block border is drawn as one object.
+Blocks drawn from 96 numbers each still ripple inside a ball by about +-0.05 (a dip, a bright ring), which the
+colour proxy reads; the refinement (a few 3x3 convolutions on each decoded frame, at full resolution, added to it)
+flattens that, and it is trained as a second stage on top of a frozen first one (``train/codec_training.py``).
 The encoder, the latent space, the rates and the linear preview colours are the DCT codec's, so every joint model
 trained on DCT latents (the embedded default's weights) decodes through it unchanged. The decoder is trained on
 latents with added noise too (``train/codec_training.py``), so the slightly wrong latents a diffusion model samples
@@ -38,12 +42,40 @@ class VideoDecoderConfig:
     width: int = 64                  # channels of the hidden convolutions
     hidden_layers: int = 1           # width -> width convolutions between the first and the last (files saved
                                      # before this field existed have one)
+    refine_width: int = 0            # channels of the full-resolution refinement; 0: none (files saved before
+                                     # this field existed have none)
+    refine_layers: int = 2           # its width -> width convolutions between the first and the last
 
     def __post_init__(self):
-        for name, least in (("width", 1), ("hidden_layers", 0)):
+        for name, least in (("width", 1), ("hidden_layers", 0), ("refine_width", 0), ("refine_layers", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"VideoDecoderConfig.{name}: expected an integer >= {least}, got {value!r}")
+
+
+    def without_refinement(self) -> "VideoDecoderConfig":
+        """The first stage of this decoder: the same block network, no refinement."""
+        return VideoDecoderConfig(width=self.width, hidden_layers=self.hidden_layers)
+
+
+class FrameRefiner(nn.Module):
+    """frames [B, F, H, W, 3] -> a correction [B, F, H, W, 3]: 2 + layers 2-D convs (3x3) per frame, SiLU between.
+
+    The last convolution starts at zero, so a new refiner leaves the frames as they are and training starts from
+    the first stage's drawing."""
+
+    def __init__(self, width: int, layers: int):
+        super().__init__()
+        hidden = [module for _ in range(layers) for module in (nn.Conv2d(width, width, 3, padding=1), nn.SiLU())]
+        last = nn.Conv2d(width, 3, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.layers = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), *hidden, last)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, f, h, w, c = frames.shape
+        planes = frames.reshape(b * f, h, w, c).permute(0, 3, 1, 2)               # [B F, 3, H, W]
+        return self.layers(planes).permute(0, 2, 3, 1).reshape(b, f, h, w, c)
 
 
 class VideoDecoder(nn.Module):
@@ -58,13 +90,15 @@ class VideoDecoder(nn.Module):
                   for module in (nn.Conv3d(width, width, 3, padding=1), nn.SiLU())]
         self.layers = nn.Sequential(nn.Conv3d(TinyVideoCodec.latent_channels, width, 3, padding=1), nn.SiLU(),
                                     *hidden, nn.Conv3d(width, TinyVideoCodec.block_size, 3, padding=1))
+        self.refiner = FrameRefiner(config.refine_width, config.refine_layers) if config.refine_width else None
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         # A linear output around mid-grey, not a sigmoid: BounceBench's near-black background sits where a
         # sigmoid's gradient has all but vanished (a sigmoid decoder still drew it at 0.01 instead of 0.06 after
         # 2500 steps, which shifts every ball colour the metrics read against the background).
         blocks = self.layers(latent).permute(0, 2, 3, 4, 1) + 0.5                 # [B, Fv, Hv, Wv, 96]
-        return blocks_to_frames(blocks, TinyVideoCodec.temporal_stride, TinyVideoCodec.spatial_stride)
+        frames = blocks_to_frames(blocks, TinyVideoCodec.temporal_stride, TinyVideoCodec.spatial_stride)
+        return frames if self.refiner is None else frames + self.refiner(frames)
 
 
 def save_video_decoder(decoder: VideoDecoder, path: str | os.PathLike,

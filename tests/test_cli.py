@@ -214,4 +214,6 @@ def test_train_codec_refuses_the_shipped_weights_folder_and_bad_steps(tmp_path, 
     assert EMBEDDED_VIDEO_DECODER_FILE.read_bytes() == before
     assert main(["train-codec", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
     assert "--steps: expected a whole number >= 1, got 0" in capsys.readouterr().err
+    assert main(["train-codec", "--out", str(tmp_path / "run"), "--refine-steps", "-2"]) == 2
+    assert "--refine-steps: expected a whole number >= 1, got -2" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

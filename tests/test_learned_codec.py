@@ -127,6 +127,10 @@ def test_save_load_round_trip_and_clear_errors_for_other_files(tmp_path):
         VideoDecoderConfig(width=0)
     with pytest.raises(ValueError, match="hidden_layers"):
         VideoDecoderConfig(hidden_layers=-1)
+    with pytest.raises(ValueError, match="refine_width"):
+        VideoDecoderConfig(refine_width=-1)
+    with pytest.raises(ValueError, match="refine_layers"):
+        VideoDecoderConfig(refine_layers=1.5)
 
 
 def test_hidden_layers_set_the_depth_and_files_without_the_field_load_as_one(tmp_path):
@@ -139,12 +143,29 @@ def test_hidden_layers_set_the_depth_and_files_without_the_field_load_as_one(tmp
     save_tensors_atomic(dict(decoder.state_dict()), tmp_path / "old.safetensors",
                         {CONFIG_METADATA_KEY: json.dumps({"width": 8})})
     loaded = load_video_decoder(tmp_path / "old.safetensors")
-    assert loaded.config == VideoDecoderConfig(width=8, hidden_layers=1)
+    assert loaded.config == VideoDecoderConfig(width=8, hidden_layers=1) and loaded.refiner is None
     latent = torch.randn(1, 16, 2, 2, 2)
     assert torch.equal(loaded(latent), decoder(latent))
     deeper = VideoDecoder(VideoDecoderConfig(width=8, hidden_layers=2))
     save_video_decoder(deeper, tmp_path / "deeper.safetensors")
     assert load_video_decoder(tmp_path / "deeper.safetensors").config.hidden_layers == 2
+
+
+def test_a_new_refinement_leaves_the_frames_as_they_are_and_saves_with_the_decoder(tmp_path):
+    torch.manual_seed(0)
+    config = VideoDecoderConfig(width=8, hidden_layers=1, refine_width=4, refine_layers=1)
+    refined = VideoDecoder(config)
+    blocks = VideoDecoder(config.without_refinement())
+    assert blocks.config == VideoDecoderConfig(width=8, hidden_layers=1) and blocks.refiner is None
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in refined.modules()) == 3
+    blocks.layers.load_state_dict(refined.layers.state_dict())
+    latent = torch.randn(2, 16, 2, 2, 3)
+    assert torch.equal(refined(latent), blocks(latent))                 # the last convolution starts at zero
+    torch.nn.init.normal_(refined.refiner.layers[-1].weight, std=0.1)
+    assert not torch.allclose(refined(latent), blocks(latent), atol=1e-3)
+    save_video_decoder(refined, tmp_path / "refined.safetensors")
+    loaded = load_video_decoder(tmp_path / "refined.safetensors")
+    assert loaded.config == config and torch.equal(loaded(latent), refined(latent))
 
 
 def test_pipelines_decode_with_the_learned_decoder_and_fall_back_to_the_linear_one(tmp_path, monkeypatch):
@@ -172,6 +193,36 @@ def test_codec_training_batches_weights_and_a_few_steps(tmp_path):
     codec = LearnedDecoderVideoCodec.from_file(path)
     assert dataclasses.asdict(codec.decoder.config)["width"] == 8
     assert codec.decode(codec.encode(codec_batch(100, 2))).shape == (2, 32, 32, 32, 3)
+
+
+def test_a_refined_decoder_trains_in_two_stages_with_the_first_frozen(tmp_path):
+    tiny = dict(lr=3e-3, warmup_steps=1, ema_decay=None, save_every=2, log_every=1)
+    recipe = CodecRecipe(decoder=VideoDecoderConfig(width=8, refine_width=4, refine_layers=0), batch_size=4,
+                         train=TrainConfig(steps=3, **tiny), refine_train=TrainConfig(steps=4, **tiny))
+    path, result = train_video_decoder(tmp_path / "run", recipe, progress=False)
+    first = load_video_decoder(tmp_path / "run" / "first_stage" / path.name)
+    assert first.config == VideoDecoderConfig(width=8) and first.refiner is None
+    final = load_video_decoder(path)
+    assert final.config == recipe.decoder and len(result.state.history) == 4
+    for name, tensor in first.layers.state_dict().items():                # the first stage stayed frozen
+        assert torch.equal(final.layers.state_dict()[name], tensor)
+    assert float(final.refiner.layers[-1].weight.abs().sum()) > 0        # the refinement learned
+    # An earlier decoder as the first stage: it is used as it is, and it must be the recipe's block network.
+    path2, _ = train_video_decoder(tmp_path / "again", recipe, first_stage=first_path(tmp_path), progress=False)
+    assert not (tmp_path / "again" / "first_stage").exists()
+    assert torch.equal(load_video_decoder(path2).layers[0].weight, first.layers[0].weight)
+    wider = CodecRecipe(decoder=VideoDecoderConfig(width=16, refine_width=4), batch_size=4,
+                        train=recipe.train, refine_train=recipe.refine_train)
+    with pytest.raises(ValueError, match="expected a decoder of config"):
+        train_video_decoder(tmp_path / "wider", wider, first_stage=first_path(tmp_path), progress=False)
+    unrefined = CodecRecipe(decoder=VideoDecoderConfig(width=8), batch_size=4, train=recipe.train)
+    with pytest.raises(ValueError, match="no refinement"):
+        train_video_decoder(tmp_path / "plain", unrefined, first_stage=first_path(tmp_path), progress=False)
+    assert not (tmp_path / "wider").exists() and not (tmp_path / "plain").exists()
+
+
+def first_path(tmp_path):
+    return tmp_path / "run" / "first_stage" / "embedded_video_decoder.safetensors"
 
 
 def test_build_embedded_default_refuses_weights_asked_for_that_are_missing(tmp_path):

@@ -9,6 +9,12 @@ nothing lost on interruption).
 The loss is a per-pixel squared error weighted towards the balls (they cover a few % of the frame, and what the
 metrics read is their position, count and colour), on frames decoded from the clips' latents, a quarter of them
 with noise added, so the decoder also draws clean balls from the imperfect latents a diffusion model samples.
+
+A decoder with a refinement (``VideoDecoderConfig.refine_width``) trains in two stages with that loss: the block
+network alone (``out_dir/first_stage``, or an earlier decoder given as the first stage), then the refinement on top
+of it with the block network frozen, on clips the first stage never saw. The refinement is cheap to train and only
+has to learn to flatten what the first stage draws; trained together from the start it would chase the first
+stage's moving output.
 """
 
 from __future__ import annotations
@@ -22,18 +28,19 @@ import torch
 from ..bouncebench.clips import make_batch
 from ..bouncebench.config import STANDARD, VARIANTS, BounceBenchConfig, split_seeds
 from ..codecs.embedded import TinyVideoCodec
-from ..codecs.learned_video import VideoDecoder, VideoDecoderConfig, save_video_decoder
+from ..codecs.learned_video import VideoDecoder, VideoDecoderConfig, load_video_decoder, save_video_decoder
 from .loop import TrainConfig, TrainResult, train
 from .value_rules import fraction, positive, whole
 
 # The scenes the second half of each batch cycles through (the first half is always STANDARD).
 CODEC_VARIANTS: tuple[str, ...] = ("two_balls", "three_balls", "fast", "small", "large")
 DECODER_FILE_NAME = "embedded_video_decoder.safetensors"
+FIRST_STAGE_FOLDER = "first_stage"
 
 
 @dataclass(frozen=True)
 class CodecRecipe:
-    decoder: VideoDecoderConfig = VideoDecoderConfig(width=96, hidden_layers=2)
+    decoder: VideoDecoderConfig = VideoDecoderConfig(width=96, hidden_layers=2, refine_width=32, refine_layers=2)
     batch_size: int = 16
     ball_weight: float = 10.0          # loss weight of pixels that differ from the background
     max_latent_noise: float = 0.1      # decoder input noise: up to this standard deviation (latents have ~unit)
@@ -41,6 +48,10 @@ class CodecRecipe:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=9000, lr=2e-3, warmup_steps=100,
                                                                    ema_decay=0.995, save_every=250, log_every=25,
                                                                    weight_decay=0.0))
+    # The refinement stage (decoders with refine_width > 0), on the clips after the first stage's.
+    refine_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, lr=2e-3, warmup_steps=50,
+                                                                          ema_decay=0.995, save_every=250,
+                                                                          log_every=25, weight_decay=0.0))
 
     def __post_init__(self):
         whole("CodecRecipe.batch_size", self.batch_size, 2)
@@ -87,24 +98,54 @@ def decoder_loss(decoder: VideoDecoder, encoder: TinyVideoCodec, frames: torch.T
     return loss, logs
 
 
-def train_video_decoder(out_dir: str | os.PathLike, recipe: CodecRecipe = CodecRecipe(), *, resume: bool = True,
-                        progress: bool = True, seed: int = 0) -> tuple[Path, TrainResult]:
-    """Train (or resume) the decoder in ``out_dir``; writes its EMA weights to ``out_dir/DECODER_FILE_NAME`` and
-    returns that path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    decoder = VideoDecoder(recipe.decoder)
+def _train_stage(decoder: VideoDecoder, out_dir: Path, config: TrainConfig, data_start_step: int,
+                 recipe: CodecRecipe, resume: bool, progress: bool) -> tuple[Path, TrainResult]:
+    """Train ``decoder``'s trainable parameters on the batches from ``data_start_step`` on; write its EMA weights
+    to ``out_dir/DECODER_FILE_NAME``."""
     encoder = TinyVideoCodec()
 
     def loss_fn(model, frames, generator):
         return decoder_loss(model, encoder, frames, generator, recipe)
 
-    result = train(decoder, lambda step, _: codec_batch(step, recipe.batch_size), loss_fn, recipe.train, out_dir,
-                   resume=resume, progress=progress)
+    result = train(decoder, lambda step, _: codec_batch(data_start_step + step, recipe.batch_size), loss_fn, config,
+                   out_dir, resume=resume, progress=progress)
     if result.ema is not None:
         result.ema.copy_to(decoder)
     path = out_dir / DECODER_FILE_NAME
     save_video_decoder(decoder.eval(), path, {"steps": str(result.state.step),
                                               "train_seconds": f"{result.state.seconds:.0f}"})
     return path, result
+
+
+def train_video_decoder(out_dir: str | os.PathLike, recipe: CodecRecipe = CodecRecipe(), *,
+                        first_stage: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
+                        seed: int = 0) -> tuple[Path, TrainResult]:
+    """Train (or resume) the decoder in ``out_dir``; writes its EMA weights to ``out_dir/DECODER_FILE_NAME`` and
+    returns that path with the last stage's result.
+
+    A decoder with a refinement trains its block network first (in ``out_dir/FIRST_STAGE_FOLDER``) unless
+    ``first_stage`` names a decoder file to start from: its config must be ``recipe.decoder`` without the
+    refinement, and it stays frozen.
+    """
+    config = recipe.decoder
+    blocks = None
+    if first_stage is not None:
+        if not config.refine_width:
+            raise ValueError(f"first stage {first_stage}: the recipe's decoder has no refinement to train on it")
+        blocks = load_video_decoder(first_stage)
+        if blocks.config != config.without_refinement():
+            raise ValueError(f"first stage {first_stage}: expected a decoder of config "
+                             f"{config.without_refinement()}, got {blocks.config}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    if not config.refine_width:
+        return _train_stage(VideoDecoder(config), out_dir, recipe.train, 0, recipe, resume, progress)
+    if blocks is None:
+        path, _ = _train_stage(VideoDecoder(config.without_refinement()), out_dir / FIRST_STAGE_FOLDER, recipe.train,
+                               0, recipe, resume, progress)
+        blocks = load_video_decoder(path)
+    decoder = VideoDecoder(config)
+    decoder.layers.load_state_dict(blocks.layers.state_dict())
+    decoder.layers.requires_grad_(False)
+    return _train_stage(decoder, out_dir, recipe.refine_train, recipe.train.steps, recipe, resume, progress)
