@@ -52,7 +52,6 @@ class VideoDecoderConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"VideoDecoderConfig.{name}: expected an integer >= {least}, got {value!r}")
 
-
     def without_refinement(self) -> "VideoDecoderConfig":
         """The first stage of this decoder: the same block network, no refinement."""
         return VideoDecoderConfig(width=self.width, hidden_layers=self.hidden_layers)
