@@ -36,7 +36,7 @@ EMBEDDED_VIDEO_DECODER_FILE = PACKAGE_DIR / "weights" / "embedded_video_decoder.
 EMBEDDED_SYNC_LORA_FILE = PACKAGE_DIR / "weights" / "embedded_sync_lora.safetensors"
 EMBEDDED_SYNC_LORA_NAME = "embedded-sync"   # what the CLI's --lora and the Loader call it
 # The text guidance the embedded default generates with: at 2 its sync is that of 4 within the standard error (margin
-# -0.017 +- 0.019 over 192 val clips) with truer colour (error 0.018 vs 0.030) and impact pitch (1.9 vs 2.9 Hz);
+# -0.007 +- 0.020 over 192 val clips) with truer colour (error 0.018 vs 0.026) and impact pitch (2.1 vs 2.9 Hz);
 # 4 draws the ball's size truer (docs/results.md).
 EMBEDDED_TEXT_SCALE = 2.0
 
