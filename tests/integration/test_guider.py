@@ -13,9 +13,10 @@ import torch
 STEPS, SHIFT, SEED = 4, 3.0, 7
 SCALES = dict(text_scale_video=4.0, text_scale_audio=4.0, sync_scale_video=2.0, sync_scale_audio=2.0)
 # Core's Euler step rebuilds the velocity from x0 ((x - x0) / sigma), SyncAV's takes it directly, so the clips differ
-# by float32 rounding, which text scale 4 amplifies: measured on the embedded default, latents up to 7.8 in size,
-# max |difference| 1.0e-4 (video) / 4.3e-5 (audio), mean 1.9e-6 / 7.8e-7.
-SAME_CLIP_MAX_ATOL, SAME_CLIP_MEAN_ATOL = 5e-4, 1e-5
+# by float32 rounding, which the guidance and the model's sensitivity amplify: measured on the embedded default
+# (16,200 steps), latents up to 7.6 in size, max |difference| 4.2e-4 (video) / 5.9e-4 (audio), mean 5.4e-6 / 3.7e-6
+# (the 11,200-step weights: 1.0e-4 / 4.3e-5, mean 1.9e-6 / 7.8e-7). The bounds leave about 3x for other CPUs.
+SAME_CLIP_MAX_ATOL, SAME_CLIP_MEAN_ATOL = 2e-3, 2e-5
 
 
 def base_graph() -> dict:
@@ -74,7 +75,8 @@ def test_guider_with_syncav_sigmas_and_noise_makes_the_sampler_nodes_clip(comfy_
     assert guided["video"].shape == reference["video"].shape and guided["audio"].shape == reference["audio"].shape
     for stream in ("video", "audio"):
         difference = (guided[stream] - reference[stream]).abs()
-        assert difference.max() <= SAME_CLIP_MAX_ATOL and difference.mean() <= SAME_CLIP_MEAN_ATOL, stream
+        assert difference.max() <= SAME_CLIP_MAX_ATOL and difference.mean() <= SAME_CLIP_MEAN_ATOL, \
+            f"{stream}: max {difference.max():.2e}, mean {difference.mean():.2e}"
     assert reference["video"].abs().max() > 0.1     # a real clip, not two zero latents
     # Euler asks for one denoised latent per step, and each took ONE forward of the joint model (4 passes batched).
     assert guided["denoise_calls"] == STEPS and guided["model_forwards"] == STEPS
