@@ -13,7 +13,8 @@ def default_recipe(args):
 
     with named_as(TRAIN_DEFAULT_FLAGS):
         recipe = replace(EmbeddedRecipe().with_steps(args.steps), batch_size=args.batch_size,
-                         data_start_step=args.data_start_step, cross_modal_window_frames=args.cross_modal_window)
+                         data_start_step=args.data_start_step, cross_modal_window_frames=args.cross_modal_window,
+                         num_blocks=args.blocks)
         if args.lr is not None:
             recipe = replace(recipe, train=replace(recipe.train, lr=args.lr))
         if args.noise_shift is not None:
@@ -25,7 +26,7 @@ def default_recipe(args):
 # train-default's flags, named in check_embedded_training_args's messages and in the recipe's value errors.
 TRAIN_DEFAULT_FLAGS = {"out_dir": "--out", "init_weights": "--init", "batch_size": "--batch-size", "steps": "--steps",
                        "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift",
-                       "cross_modal_window_frames": "--cross-modal-window"}
+                       "cross_modal_window_frames": "--cross-modal-window", "num_blocks": "--blocks"}
 
 
 def train_default_command(args) -> int:

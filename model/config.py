@@ -124,6 +124,11 @@ class JointConfig:
     def replace(self, **changes) -> "JointConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_num_blocks(self, num_blocks: int) -> "JointConfig":
+        """This network with ``num_blocks`` fusion blocks (both towers' ``num_layers``)."""
+        return self.replace(video=dataclasses.replace(self.video, num_layers=num_blocks),
+                            audio=dataclasses.replace(self.audio, num_layers=num_blocks))
+
 
 # Ovi's geometry: Wan2.2 VAE (4x temporal, 16x spatial, 48 ch) at 24 fps, MMAudio 16 kHz VAE (20 ch, 31.25 Hz).
 OVI_ROPE_SCALE = audio_rope_scale(video_fps=24, video_frames=121, video_temporal_stride=4,

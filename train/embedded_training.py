@@ -18,6 +18,7 @@ import torch
 
 from ..model.checkpoint import load_joint_model, save_joint_model
 from ..codecs.embedded import TinyAudioCodec, TinyVideoCodec
+from ..model.growth import deepened_state_dict
 from ..model.joint import JointModel
 from ..generation.pipeline import EMBEDDED_MODEL_FILE, EMBEDDED_TEXT_FILE, embedded_config
 from ..model.config import JointConfig
@@ -41,6 +42,8 @@ class EmbeddedRecipe:
     caption_dropout: float = 0.1          # rows trained with the empty prompt, so text CFG has an unconditional
     data_start_step: int = 0              # a continued run starts here so it sees clips the first run did not
     cross_modal_window_frames: float | None = None   # JointConfig's: None = global fusion, w = Harmony's window
+    num_blocks: int | None = None         # fusion blocks; None: the tiny preset's. An init network with fewer is
+                                          # deepened (model/growth.py), so training starts from what it computes
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=1e-3, warmup_steps=200,
                                                                    ema_decay=0.998, save_every=250, log_every=25))
     loss: FlowLossConfig = FlowLossConfig()
@@ -48,12 +51,16 @@ class EmbeddedRecipe:
     def __post_init__(self):
         whole("EmbeddedRecipe.batch_size", self.batch_size, 1)
         whole("EmbeddedRecipe.data_start_step", self.data_start_step, 0)
+        if self.num_blocks is not None:
+            whole("EmbeddedRecipe.num_blocks", self.num_blocks, 1)
         fraction("EmbeddedRecipe.caption_dropout", self.caption_dropout)
         self.joint_config()                     # JointConfig checks the window
 
     def joint_config(self) -> JointConfig:
-        """The network this recipe trains: the embedded default's, with the recipe's cross-modal interaction."""
-        return embedded_config().replace(cross_modal_window_frames=self.cross_modal_window_frames)
+        """The network this recipe trains: the embedded default's, with the recipe's depth and cross-modal
+        interaction."""
+        config = embedded_config().replace(cross_modal_window_frames=self.cross_modal_window_frames)
+        return config if self.num_blocks is None else config.with_num_blocks(self.num_blocks)
 
     def with_steps(self, steps: int) -> "EmbeddedRecipe":
         import dataclasses
@@ -107,9 +114,10 @@ def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = 
     video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()      # the encoders: training needs no decoder
     config = recipe.joint_config()
     if init_model is not None:
-        # The window adds no parameter: weights trained with either interaction start the other one too.
+        # The window adds no parameter: weights trained with either interaction start the other one too. A
+        # shallower init network is deepened to the recipe's blocks first, computing what it computed.
         model = JointModel(config)
-        model.load_state_dict(init_model.state_dict())
+        model.load_state_dict(deepened_state_dict(init_model, config.num_blocks))
     else:
         torch.manual_seed(seed)
         model = JointModel(config)
@@ -127,7 +135,8 @@ def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = 
 # How train_embedded_default's arguments are named in check_embedded_training_args's messages; the command line
 # passes its flags instead (and names the recipe's own value errors with them, ``value_rules.named_as``).
 ARGUMENT_NAMES = {"out_dir": "out_dir", "init_weights": "init_weights", "batch_size": "recipe.batch_size",
-                  "steps": "recipe.train.steps", "data_start_step": "recipe.data_start_step"}
+                  "steps": "recipe.train.steps", "data_start_step": "recipe.data_start_step",
+                  "num_blocks": "recipe.num_blocks"}
 # The files train_embedded_default writes in its folder.
 WRITTEN_FILES = (EMBEDDED_MODEL_FILE.name, EMBEDDED_TEXT_FILE.name, "loss.png", "history.json", CHECKPOINT_NAME)
 
@@ -170,10 +179,17 @@ def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=N
         model = load_joint_model(init_weights)
     except CheckpointError as error:
         raise CheckpointError(f"{name['init_weights']}: {error}") from None
-    if model.config.replace(cross_modal_window_frames=None) != embedded_config():
+    blocks = recipe.joint_config().num_blocks
+    if model.config.replace(cross_modal_window_frames=None).with_num_blocks(blocks) != embedded_config(
+            ).with_num_blocks(blocks):
         raise CheckpointError(f"{name['init_weights']} {init_weights}: holds another network than the embedded "
                               "default (another configuration); expected weights saved by train-default or the "
                               "shipped weights/embedded_default.safetensors")
+    if model.config.num_blocks > blocks:
+        raise ValueError(f"{name['num_blocks']}: {name['init_weights']} {init_weights} has "
+                         f"{model.config.num_blocks} fusion blocks, more than the {blocks} asked for; expected "
+                         f"{name['num_blocks']} of at least {model.config.num_blocks} (a network is deepened, never "
+                         "cut)")
     return model
 
 
