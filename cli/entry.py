@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", default=None, help="start from these weights (e.g. the shipped ones) instead of seed 0")
     tr.add_argument("--no-resume", action="store_true", help="ignore a training state already in --out")
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1e-3)")
+    tr.add_argument("--warmup-steps", type=int, default=None,
+                    help="steps of linear learning-rate warm-up before the cosine (default: the recipe's 200)")
     tr.add_argument("--data-start-step", type=int, default=0,
                     help="first data step: a run continued with --init passes the steps already trained, so it "
                          "sees new clips")

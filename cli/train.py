@@ -17,6 +17,8 @@ def default_recipe(args):
                          num_blocks=args.blocks)
         if args.lr is not None:
             recipe = replace(recipe, train=replace(recipe.train, lr=args.lr))
+        if args.warmup_steps is not None:
+            recipe = replace(recipe, train=replace(recipe.train, warmup_steps=args.warmup_steps))
         if args.noise_shift is not None:
             noise = replace(recipe.loss.noise, shift=args.noise_shift)
             recipe = replace(recipe, loss=replace(recipe.loss, noise=noise))
@@ -26,7 +28,8 @@ def default_recipe(args):
 # train-default's flags, named in check_embedded_training_args's messages and in the recipe's value errors.
 TRAIN_DEFAULT_FLAGS = {"out_dir": "--out", "init_weights": "--init", "batch_size": "--batch-size", "steps": "--steps",
                        "lr": "--lr", "data_start_step": "--data-start-step", "shift": "--noise-shift",
-                       "cross_modal_window_frames": "--cross-modal-window", "num_blocks": "--blocks"}
+                       "cross_modal_window_frames": "--cross-modal-window", "num_blocks": "--blocks",
+                       "warmup_steps": "--warmup-steps"}
 
 
 def train_default_command(args) -> int:

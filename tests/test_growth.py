@@ -66,8 +66,8 @@ def test_train_default_blocks_option_reaches_the_recipe_and_never_cuts(tmp_path,
     from comfyui_syncav.generation.pipeline import embedded_config
 
     recipe = default_recipe(build_parser().parse_args(["train-default", "--out", "run", "--steps", "5",
-                                                       "--blocks", "6"]))
-    assert recipe.joint_config() == embedded_config().with_num_blocks(6)
+                                                       "--blocks", "6", "--warmup-steps", "100"]))
+    assert recipe.joint_config() == embedded_config().with_num_blocks(6) and recipe.train.warmup_steps == 100
     assert default_recipe(build_parser().parse_args(["train-default", "--out", "run", "--steps", "5"])
                           ).joint_config().num_blocks == 4
     deep = tmp_path / "deep.safetensors"
@@ -78,3 +78,5 @@ def test_train_default_blocks_option_reaches_the_recipe_and_never_cuts(tmp_path,
     assert not (tmp_path / "run").exists()
     assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--blocks", "0"]) == 2
     assert "--blocks: expected a whole number >= 1, got 0" in capsys.readouterr().err
+    assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--warmup-steps", "-1"]) == 2
+    assert "--warmup-steps: expected a whole number >= 0, got -1" in capsys.readouterr().err
