@@ -5,7 +5,7 @@ import torch
 
 from comfyui_syncav.model import JointModel, load_joint_model, save_joint_model
 from comfyui_syncav.model.growth import deepen, expansion_sources
-from tests.micro_models import micro_model
+from micro_models import micro_model
 
 
 def _inputs(model: JointModel, seed: int = 1):
