@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "many video latent frames (default: Ovi's global fusion; docs/training.md)")
 
     tr.add_argument("--blocks", type=int, default=None, metavar="N",
-                    help="fusion blocks of the network (default: the tiny preset's 4); an --init network with fewer "
-                         "is deepened, each new block a copy whose outputs start at zero, so training starts from "
-                         "what it computed (docs/training.md)")
+                    help="fusion blocks of the network (default: the --init network's, else the tiny preset's 4); an "
+                         "--init network with fewer is deepened, each new block a copy whose outputs start at zero, "
+                         "so training starts from what it computed (docs/training.md)")
 
     tc = commands.add_parser("train-codec", help="train the embedded video codec's decoder on BounceBench "
                                                  "(resumable)")

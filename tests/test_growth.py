@@ -72,7 +72,8 @@ def test_train_default_blocks_option_reaches_the_recipe_and_never_cuts(tmp_path,
                           ).joint_config().num_blocks == 4
     deep = tmp_path / "deep.safetensors"
     save_joint_model(deepen(JointModel(embedded_config()), 5), deep)
-    assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--init", str(deep)]) == 2
+    assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--init", str(deep),
+                 "--blocks", "4"]) == 2
     error = capsys.readouterr().err
     assert "--blocks: --init" in error and "has 5 fusion blocks, more than the 4 asked for" in error, error
     assert not (tmp_path / "run").exists()
@@ -80,3 +81,18 @@ def test_train_default_blocks_option_reaches_the_recipe_and_never_cuts(tmp_path,
     assert "--blocks: expected a whole number >= 1, got 0" in capsys.readouterr().err
     assert main(["train-default", "--out", str(tmp_path / "run"), "--steps", "1", "--warmup-steps", "-1"]) == 2
     assert "--warmup-steps: expected a whole number >= 0, got -1" in capsys.readouterr().err
+
+
+def test_continuing_a_deeper_network_keeps_its_depth_without_blocks(tmp_path):
+    """The shipped weights have more blocks than the tiny preset: --init them alone and training goes on at their
+    depth (the recipe written with the weights says so), where it used to refuse them as a cut."""
+    from comfyui_syncav.generation.pipeline import embedded_config
+    from comfyui_syncav.train.embedded_training import EmbeddedRecipe, train_embedded_default
+
+    deep = tmp_path / "deep.safetensors"
+    save_joint_model(deepen(JointModel(embedded_config()), 5), deep)
+    recipe = EmbeddedRecipe(batch_size=2).with_steps(1)
+    assert recipe.keeping_depth_of(None).joint_config().num_blocks == 4
+    train_embedded_default(tmp_path / "run", recipe, init_weights=deep, progress=False)
+    trained = load_joint_model(tmp_path / "run" / "embedded_default.safetensors")
+    assert trained.config == embedded_config().with_num_blocks(5)

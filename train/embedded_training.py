@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -42,8 +42,9 @@ class EmbeddedRecipe:
     caption_dropout: float = 0.1          # rows trained with the empty prompt, so text CFG has an unconditional
     data_start_step: int = 0              # a continued run starts here so it sees clips the first run did not
     cross_modal_window_frames: float | None = None   # JointConfig's: None = global fusion, w = Harmony's window
-    num_blocks: int | None = None         # fusion blocks; None: the tiny preset's. An init network with fewer is
-                                          # deepened (model/growth.py), so training starts from what it computes
+    num_blocks: int | None = None         # fusion blocks; None: the init network's, else the tiny preset's. An
+                                          # init network with fewer is deepened (model/growth.py), so training
+                                          # starts from what it computes
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, lr=1e-3, warmup_steps=200,
                                                                    ema_decay=0.998, save_every=250, log_every=25))
     loss: FlowLossConfig = FlowLossConfig()
@@ -63,8 +64,14 @@ class EmbeddedRecipe:
         return config if self.num_blocks is None else config.with_num_blocks(self.num_blocks)
 
     def with_steps(self, steps: int) -> "EmbeddedRecipe":
-        import dataclasses
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, steps=steps))
+        return replace(self, train=replace(self.train, steps=steps))
+
+    def keeping_depth_of(self, init_model: JointModel | None) -> "EmbeddedRecipe":
+        """This recipe with the init network's depth where it asks for none: continuing the shipped weights (6
+        blocks, the preset has 4) needs no --blocks."""
+        if self.num_blocks is not None or init_model is None:
+            return self
+        return replace(self, num_blocks=init_model.config.num_blocks)
 
 
 class BounceBatches:
@@ -110,6 +117,7 @@ def train_embedded_default(out_dir: str | os.PathLike, recipe: EmbeddedRecipe = 
     encoder and the loss curve to ``out_dir`` (embedded_default.safetensors, embedded_text_encoder.safetensors,
     loss.png, recipe.json). ``init_weights``: start from these weights (e.g. the shipped ones) instead of seed."""
     init_model = check_embedded_training_args(out_dir, recipe, init_weights)   # before anything is written
+    recipe = recipe.keeping_depth_of(init_model)
     out_dir = Path(out_dir)
     video_codec, audio_codec = TinyVideoCodec(), TinyAudioCodec()      # the encoders: training needs no decoder
     config = recipe.joint_config()
@@ -179,7 +187,7 @@ def check_embedded_training_args(out_dir, recipe: EmbeddedRecipe, init_weights=N
         model = load_joint_model(init_weights)
     except CheckpointError as error:
         raise CheckpointError(f"{name['init_weights']}: {error}") from None
-    blocks = recipe.joint_config().num_blocks
+    blocks = recipe.keeping_depth_of(model).joint_config().num_blocks
     if model.config.replace(cross_modal_window_frames=None).with_num_blocks(blocks) != embedded_config(
             ).with_num_blocks(blocks):
         raise CheckpointError(f"{name['init_weights']} {init_weights}: holds another network than the embedded "
