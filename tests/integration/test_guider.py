@@ -14,8 +14,9 @@ STEPS, SHIFT, SEED = 4, 3.0, 7
 SCALES = dict(text_scale_video=4.0, text_scale_audio=4.0, sync_scale_video=2.0, sync_scale_audio=2.0)
 # Core's Euler step rebuilds the velocity from x0 ((x - x0) / sigma), SyncAV's takes it directly, so the clips differ
 # by float32 rounding, which the guidance and the model's sensitivity amplify: measured on the embedded default
-# (16,200 steps), latents up to 7.6 in size, max |difference| 4.2e-4 (video) / 5.9e-4 (audio), mean 5.4e-6 / 3.7e-6
-# (the 11,200-step weights: 1.0e-4 / 4.3e-5, mean 1.9e-6 / 7.8e-7). The bounds leave about 3x for other CPUs.
+# (6 blocks, 18,200 steps), latents up to 10.5 in size, max |difference| 9.3e-5 (video) / 1.8e-5 (audio), mean
+# 1.5e-6 / 6.0e-7; on earlier weights up to 4.2e-4 / 5.9e-4, mean 5.4e-6 / 3.7e-6 (4 blocks, 16,200 steps). The
+# bounds leave about 3x over the largest of these for other CPUs and weights.
 SAME_CLIP_MAX_ATOL, SAME_CLIP_MEAN_ATOL = 2e-3, 2e-5
 
 
