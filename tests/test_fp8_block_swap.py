@@ -202,6 +202,6 @@ def test_cli_generate_takes_blocks_on_gpu(tmp_path, monkeypatch):
     assert main(["generate", "--prompt", "a red ball bouncing", "--seconds", "0.5", "--steps", "2",
                  "--blocks-on-gpu", "1", "--out", str(out)]) == 0
     (swap,) = swaps
-    assert swap.swapped == (1, 2, 3) and swap.moves_in > 0        # the embedded model's 4 blocks, one resident
+    assert swap.swapped == (1, 2, 3, 4, 5) and swap.moves_in > 0  # the embedded model's 6 blocks, one resident
     video = probe_mp4(out)["video"]
     assert (video["frames"], video["width"], video["height"], video["fps"]) == (8, 32, 32, 16.0)   # 0.5 s

@@ -131,7 +131,8 @@ def test_batch_of_clips_plays_one_after_another(loaded):
             frames, sound, _ = node("SyncAVDecode").decode(codecs, one)
         torch.testing.assert_close(images[32 * row:32 * (row + 1)], frames, rtol=0, atol=1e-6)
         torch.testing.assert_close(audio["waveform"][row], sound["waveform"][0], rtol=0, atol=1e-6)
-    assert (images[:32] - images[32:]).abs().max() > 0.05                 # each clip has its own noise
+    # each clip has its own noise: 0.034 apart after this one step on the shipped weights, 0 with shared noise
+    assert (images[:32] - images[32:]).abs().max() > 0.01
 
 
 def sample_latent(loaded, steps=1, solver="euler", video_negative="", audio_negative="", **settings):
@@ -225,7 +226,7 @@ def test_empty_video_prompt_is_refused(loaded):
 
 
 @pytest.mark.parametrize("text, expected", [("a", "comma-separated"), ("1;2", "comma-separated"),
-                                            ("-1", "comma-separated"), ("1, 99", r"out of range.*0\.\.3")])
+                                            ("-1", "comma-separated"), ("1, 99", r"out of range.*0\.\.5")])
 def test_bad_slg_blocks_are_refused(loaded, text, expected):
     with pytest.raises(ValueError, match=f"slg_blocks.*{expected}"):
         generate(loaded, slg_blocks=text, steps=1)

@@ -263,7 +263,7 @@ def test_train_dpo_takes_base_fp8_and_blocks_on_gpu(tmp_path, capsys, monkeypatc
     assert main(["train-dpo", "--steps", "1", "--batch-size", "1", "--rank", "2", "--base-fp8", "--blocks-on-gpu",
                  "1", "--out", str(out)]) == 0
     (swap,) = placed
-    assert swap.swapped == (1, 2, 3) and swap.moves_in_backward == 3        # the embedded model's 4 blocks
+    assert swap.swapped == (1, 2, 3, 4, 5) and swap.moves_in_backward == 5  # the embedded model's 6 blocks
     assert swap.model.video_model.blocks[3].ffn[0].base_layer.weight.dtype == torch.float8_e4m3fn
     assert "trained 1 steps" in capsys.readouterr().out
     for extra, message in ((["--blocks-on-gpu", "-2"], "--blocks-on-gpu: expected a whole number >= 0, got -2"),
